@@ -1,0 +1,13 @@
+//! The transformer and everything needed to load, tokenize and generate with it.
+
+pub mod chat_template;
+pub mod config;
+pub mod generate;
+pub mod gguf;
+pub mod hub;
+pub mod linear;
+pub mod llama;
+pub mod load;
+pub mod pretrained;
+pub mod summary;
+pub mod tokenizer;
