@@ -39,9 +39,10 @@ fn logits_at(model: &Llama, ids: &[u32]) -> Tensor {
 fn config_from_gguf_is_smollm2() {
     let lm = smollm2();
     let mut want = tunelab::Config::preset("smollm2-135m").unwrap();
-    // The GGUF's metadata: no BOS id is used by the chat template, eps 1e-5, same shape.
-    want.bos_token_id = lm.model.config().bos_token_id;
-    want.eos_token_ids = lm.model.config().eos_token_ids.clone();
+    // GGUF stores eps as an f32: 1e-5 arrives as 9.99999974e-6, exactly as transformers reads it.
+    let eps = lm.model.config().rms_norm_eps;
+    assert_eq!(eps, 1e-5f32 as f64);
+    want.rms_norm_eps = eps;
     assert_eq!(lm.model.config(), &want);
     assert_eq!(lm.model.num_parameters(), 134_515_008);
 }

@@ -674,7 +674,10 @@ impl Llama {
         Ok(self.norm.forward(&x, fused)?)
     }
 
-    /// Additive mask `(B|1, 1, T, S)`: 0 where query `i` may attend key `j`, −∞ elsewhere.
+    /// Additive mask `(B|1, 1, T, S)`: 0 where query `i` may attend key `j`, the lowest f32
+    /// elsewhere. Not −∞, as in transformers: a padding query that may attend nothing then gets
+    /// a uniform (finite, ignored) row instead of NaNs that would leak into real rows through
+    /// `0 · NaN` in the value product.
     fn attention_mask(
         &self,
         b: usize,
@@ -719,7 +722,7 @@ impl Llama {
             keep = keep.broadcast_mul(&same)?;
         }
         let zeros = Tensor::zeros(keep.shape(), DType::F32, dev)?;
-        let neg = Tensor::full(f32::NEG_INFINITY, keep.shape(), dev)?;
+        let neg = Tensor::full(f32::MIN, keep.shape(), dev)?;
         Ok(Some(keep.where_cond(&zeros, &neg)?))
     }
 }
