@@ -166,29 +166,54 @@ pub fn download(repo_id: &str, opts: &HubOptions) -> Result<PathBuf> {
         opts.revision.clone(),
     ));
     let fetch = |f: &str| {
-        repo.get(f).map_err(|e| {
-            Error::NotFound(format!(
-                "cannot download `{f}` of `{repo_id}` from the hub: {e}"
-            ))
-        })
+        // hf-hub 0.4 panics on some malformed answers (e.g. a redirect without a Location):
+        // that is an error here too, not a panic.
+        let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| repo.get(f)));
+        let e = match got {
+            Ok(Ok(path)) => return Ok(path),
+            Ok(Err(e)) => e.to_string(),
+            Err(p) => format!(
+                "the hub client panicked on the answer ({})",
+                p.downcast_ref::<&str>()
+                    .copied()
+                    .or(p.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("no message")
+            ),
+        };
+        Err(Error::NotFound(format!(
+            "cannot download `{f}` of `{repo_id}` from the hub: {e}"
+        )))
     };
-    let config = fetch(REPO_FILES[0])?;
-    let dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
-    if fetch(REPO_FILES[1]).is_err() {
-        // Sharded checkpoint.
-        fetch("model.safetensors.index.json")?;
-        for shard in crate::model::load::safetensors_files(&dir)? {
-            let name = shard
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default()
-                .to_string();
-            fetch(&name)?;
+    let parent = |p: PathBuf| p.parent().map(Path::to_path_buf).unwrap_or_default();
+    fetch(REPO_FILES[0])?;
+    // The snapshot the weights landed in (config.json may have been cached in an older one).
+    let dir = match fetch(REPO_FILES[1]) {
+        Ok(weights) => parent(weights),
+        Err(single) => {
+            // Sharded checkpoint.
+            let index = fetch("model.safetensors.index.json").map_err(|e| {
+                Error::NotFound(format!("`{repo_id}` has no weights: {single}; {e}"))
+            })?;
+            let dir = parent(index);
+            for shard in crate::model::load::safetensors_files(&dir)? {
+                let name = shard
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default()
+                    .to_string();
+                fetch(&name)?;
+            }
+            dir
         }
+    };
+    if !dir.join(REPO_FILES[0]).is_file() {
+        // config.json came from an older snapshot in the cache and the repo has moved on
+        // since: the ref now points at the weights' commit, so this fetches it into theirs.
+        fetch(REPO_FILES[0])?;
     }
     for f in &REPO_FILES[2..] {
         // The tokenizer files are optional: a repo without them still loads (without chat).
-        let _ = repo.get(f);
+        let _ = fetch(f);
     }
     Ok(dir)
 }
