@@ -627,6 +627,18 @@ fn build_bpe(
             }
         })
         .collect::<std::result::Result<Vec<_>, String>>()?;
+    // Checked here, not left to the tokenizers crate: 0.23 panics on a merge whose result is
+    // longer than every token of the vocabulary.
+    for (i, (a, b)) in merges.iter().enumerate() {
+        for part in [a.clone(), b.clone(), format!("{a}{b}")] {
+            if !vocab.contains_key(&part) {
+                return Err(format!(
+                    "GGUF metadata key `tokenizer.ggml.merges[{i}]`: `{a} {b}` needs token {part:?}, \
+                     which is not in tokenizer.ggml.tokens"
+                ));
+            }
+        }
+    }
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
         .ignore_merges(style.ignore_merges())
@@ -654,8 +666,10 @@ fn build_bpe(
             _ => {}
         }
     }
-    tk.add_special_tokens(&special);
-    tk.add_tokens(&user);
+    tk.add_special_tokens(special)
+        .map_err(|e| format!("cannot add the control tokens: {e}"))?;
+    tk.add_tokens(user)
+        .map_err(|e| format!("cannot add the user-defined tokens: {e}"))?;
     Ok(tk)
 }
 
