@@ -87,7 +87,8 @@ pub struct Config {
     pub max_position_embeddings: usize,
     /// Whether `lm_head` shares the embedding matrix.
     pub tie_word_embeddings: bool,
-    /// Bias on q/k/v projections (Qwen2; Llama's `attention_bias`).
+    /// Bias on q/k/v projections (Qwen2; Llama's `attention_bias`, which also puts one on
+    /// `o_proj`, see [`Config::o_proj_bias`]).
     pub attention_bias: bool,
     /// Bias on the MLP projections (Llama's `mlp_bias`).
     pub mlp_bias: bool,
@@ -134,6 +135,10 @@ pub struct HfConfig {
     /// `rope_scaling` object.
     #[serde(default)]
     pub rope_scaling: Option<serde_json::Value>,
+    /// `rope_parameters` (transformers ≥ 5 writes this instead of `rope_theta` and
+    /// `rope_scaling`): `{"rope_type": "default" | "llama3", "rope_theta": .., ...}`.
+    #[serde(default)]
+    pub rope_parameters: Option<serde_json::Value>,
     /// `max_position_embeddings` (default 2048).
     #[serde(default)]
     pub max_position_embeddings: Option<usize>,
@@ -233,7 +238,22 @@ impl HfConfig {
                 ));
             }
         }
+        // transformers 5 keeps θ and the scaling together in `rope_parameters`; the legacy
+        // top-level fields are read first when a file has them.
+        let params = self.rope_parameters.as_ref().filter(|v| v.is_object());
+        let rope_theta = self
+            .rope_theta
+            .or_else(|| params.and_then(|p| p.get("rope_theta")?.as_f64()));
         let rope_scaling = match &self.rope_scaling {
+            None | Some(serde_json::Value::Null) => params
+                .filter(|p| {
+                    let kind = p.get("rope_type").or_else(|| p.get("type"));
+                    kind.and_then(|t| t.as_str()).unwrap_or("default") != "default"
+                })
+                .cloned(),
+            other => other.clone(),
+        };
+        let rope_scaling = match &rope_scaling {
             None | Some(serde_json::Value::Null) => None,
             Some(v) => {
                 let kind = v
@@ -269,7 +289,7 @@ impl HfConfig {
                 .head_dim
                 .unwrap_or(self.hidden_size.checked_div(heads).unwrap_or(0)),
             rms_norm_eps: self.rms_norm_eps.unwrap_or(1e-6),
-            rope_theta: self.rope_theta.unwrap_or(10_000.0),
+            rope_theta: rope_theta.unwrap_or(10_000.0),
             rope_scaling,
             max_position_embeddings: self.max_position_embeddings.unwrap_or(2048),
             tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
@@ -355,6 +375,12 @@ impl Config {
         cfg.validate()
             .map_err(|e| Error::format(g.path(), e.to_string()))?;
         Ok(cfg)
+    }
+
+    /// Whether `o_proj` has a bias: Llama's `attention_bias` covers all four attention
+    /// projections (transformers' `LlamaAttention`), Qwen2's q/k/v biases do not.
+    pub fn o_proj_bias(&self) -> bool {
+        self.attention_bias && self.family == Family::Llama
     }
 
     /// Checks that the shape numbers are consistent; the error names the field.
@@ -602,7 +628,11 @@ impl Config {
         let (h, i, hd) = (self.hidden_size, self.intermediate_size, self.head_dim);
         let q = self.num_attention_heads * hd;
         let kv = self.num_key_value_heads * hd;
-        let attn = h * q + 2 * h * kv + q * h + if self.attention_bias { q + 2 * kv } else { 0 };
+        let attn = h * q
+            + 2 * h * kv
+            + q * h
+            + if self.attention_bias { q + 2 * kv } else { 0 }
+            + if self.o_proj_bias() { h } else { 0 };
         let mlp = 3 * h * i + if self.mlp_bias { 2 * i + h } else { 0 };
         let per_layer = attn + mlp + 2 * h;
         let emb = self.vocab_size * h;

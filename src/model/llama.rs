@@ -349,7 +349,7 @@ impl Llama {
                     h,
                     c.attention_bias,
                 )?,
-                o_proj: dense(&format!("{p}.self_attn.o_proj"), h, q_out, false)?,
+                o_proj: dense(&format!("{p}.self_attn.o_proj"), h, q_out, c.o_proj_bias())?,
                 num_heads: c.num_attention_heads,
                 num_kv_heads: c.num_key_value_heads,
                 head_dim: hd,

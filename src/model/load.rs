@@ -375,7 +375,16 @@ pub fn save_safetensors(tensors: &BTreeMap<String, Tensor>, path: &Path) -> Resu
     let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
     write_atomic(path, |tmp| {
         safetensors::serialize_to_file(data, Some(metadata), tmp)
-            .map_err(|e| Error::format(tmp, format!("cannot write safetensors: {e}")))
+            .map_err(|e| Error::format(tmp, format!("cannot write safetensors: {e}")))?;
+        // The safetensors crate creates its files private (0600); a checkpoint is shared like
+        // the config.json beside it.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o644))
+                .map_err(|e| Error::io(tmp, e))?;
+        }
+        Ok(())
     })
 }
 
