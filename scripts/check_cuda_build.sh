@@ -34,4 +34,5 @@ export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-80}"
 export CARGO_TARGET_DIR="$CACHE/target-cuda"
 echo "cuda-check: nvcc $(nvcc --version | tail -1)"
 cargo build --lib --features cuda
+touch "$CARGO_TARGET_DIR/.tunelab-cuda-ok"
 echo "cuda-check: tunelab --features cuda builds (compute capability $CUDA_COMPUTE_CAP); not run: no GPU here"
