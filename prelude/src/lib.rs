@@ -1,12 +1,20 @@
 //! `use tunelab_prelude::*;` — everything a notebook cell needs: tunelab's public API, candle's
-//! `Tensor`, `Device` and `DType`, and candle itself (re-exported so that evcxr can name the
-//! types of values a cell binds).
+//! `Tensor`, `Device` and `DType`, candle itself (re-exported so that evcxr can name the types
+//! of values a cell binds), and rich displays for tunelab values and tensors.
 //!
-//! The rich displays (`evcxr_display`) for tunelab values come with the notebook chapter;
-//! for now this crate only re-exports.
+//! Displays: every value with an [`Html`] impl renders as HTML in evcxr through
+//! [`EvcxrDisplay::evcxr_display`]; the HTML itself comes from a pure `to_html()`.
+
+#![warn(missing_docs)]
+
+pub mod display;
+pub mod html;
+pub mod tensor;
 
 pub use candle_core;
 pub use candle_core::{DType, Device, Tensor};
+pub use display::{EvcxrDisplay, Html};
+pub use tensor::{tensor_stats, TensorStats};
 pub use tunelab;
 pub use tunelab::model::generate::{FinishReason, Generation, GenerationConfig};
 pub use tunelab::model::summary::ModelSummary;
