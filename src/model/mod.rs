@@ -10,4 +10,5 @@ pub mod llama;
 pub mod load;
 pub mod pretrained;
 pub mod summary;
+pub mod token_stream;
 pub mod tokenizer;

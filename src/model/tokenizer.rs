@@ -49,6 +49,7 @@ use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
 use super::chat_template::{ChatTemplate, Message};
 use super::gguf::GgufFile;
 use crate::error::{Error, Result};
+pub use crate::model::token_stream::TokenStream;
 
 /// GPT-2's split regex, as in `tokenizers`' ByteLevel and llama.cpp's `LLAMA_VOCAB_PRE_TYPE_GPT2`.
 const GPT2_RE: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
@@ -420,96 +421,7 @@ impl Tokenizer {
 
     /// An incremental decoder for generation, skipping special tokens (see [`TokenStream`]).
     pub fn stream(&self) -> TokenStream<'_> {
-        TokenStream {
-            tokenizer: self,
-            ids: Vec::new(),
-            prefix_offset: 0,
-            read_offset: 0,
-            text: String::new(),
-            skip_special_tokens: true,
-        }
-    }
-}
-
-/// Incremental detokenizer for streaming generation.
-///
-/// Push token ids one at a time; [`TokenStream::push`] returns the new text once it is complete.
-/// A byte-level token can hold half a UTF-8 character (an emoji is often 2–4 tokens), so while
-/// the decoded tail ends in U+FFFD the text is held back. [`TokenStream::flush`] returns what is
-/// left at the end. Decoding restarts from the last emitted token, so each push costs the
-/// decode of a few tokens, not of the whole sequence.
-#[derive(Debug, Clone)]
-pub struct TokenStream<'a> {
-    tokenizer: &'a Tokenizer,
-    ids: Vec<u32>,
-    /// Start of the window that is decoded for context.
-    prefix_offset: usize,
-    /// End of the part whose text has been emitted.
-    read_offset: usize,
-    text: String,
-    skip_special_tokens: bool,
-}
-
-impl TokenStream<'_> {
-    /// Whether special tokens (EOS, `<|im_end|>`, ...) are left out of the text; on by default.
-    pub fn skip_special_tokens(mut self, skip: bool) -> Self {
-        self.skip_special_tokens = skip;
-        self
-    }
-
-    /// Adds token `id`; returns the text it completes, or `None` while it is still partial.
-    pub fn push(&mut self, id: u32) -> Result<Option<String>> {
-        self.ids.push(id);
-        let (prefix, full) = self.window()?;
-        if full.len() > prefix.len() && !full.ends_with('\u{FFFD}') {
-            if let Some(new) = full.get(prefix.len()..) {
-                let new = new.to_string();
-                self.prefix_offset = self.read_offset;
-                self.read_offset = self.ids.len();
-                self.text.push_str(&new);
-                return Ok(Some(new));
-            }
-        }
-        Ok(None)
-    }
-
-    /// Returns the text still held back (an incomplete character comes out as U+FFFD), if any.
-    pub fn flush(&mut self) -> Result<Option<String>> {
-        if self.read_offset == self.ids.len() {
-            return Ok(None);
-        }
-        let (prefix, full) = self.window()?;
-        self.prefix_offset = self.ids.len();
-        self.read_offset = self.ids.len();
-        match full.get(prefix.len()..) {
-            Some(new) if !new.is_empty() => {
-                self.text.push_str(new);
-                Ok(Some(new.to_string()))
-            }
-            _ => Ok(None),
-        }
-    }
-
-    /// All text emitted so far.
-    pub fn text(&self) -> &str {
-        &self.text
-    }
-
-    /// All ids pushed so far.
-    pub fn ids(&self) -> &[u32] {
-        &self.ids
-    }
-
-    /// The decoded context window without and with the tokens not yet emitted.
-    fn window(&self) -> Result<(String, String)> {
-        let skip = self.skip_special_tokens;
-        let prefix = self
-            .tokenizer
-            .decode(&self.ids[self.prefix_offset..self.read_offset], skip)?;
-        let full = self
-            .tokenizer
-            .decode(&self.ids[self.prefix_offset..], skip)?;
-        Ok((prefix, full))
+        TokenStream::new(self)
     }
 }
 
@@ -769,15 +681,11 @@ fn chat_template_field(config: &Json, path: &Path) -> Result<Option<String>> {
     }
 }
 
-/// Writes `bytes` to a temporary file next to `path`, then renames it to `path`.
+/// Writes `bytes` to `path` atomically (temp file + rename).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    crate::model::load::write_atomic(path, |tmp| {
+        std::fs::write(tmp, bytes).map_err(|e| Error::io(tmp, e))
+    })
 }
 
 #[cfg(test)]
