@@ -8,6 +8,7 @@
 
 pub mod device;
 pub mod error;
+pub mod memory;
 pub mod model;
 
 pub use error::{Error, Result};

@@ -6,6 +6,7 @@
 
 use std::io::Write;
 
+use tunelab::memory::MemoryBudget;
 use tunelab::model::generate::{FinishReason, Generation};
 use tunelab::model::summary::ModelSummary;
 use tunelab::{Config, Message, Pretrained};
@@ -180,6 +181,22 @@ impl Html for Vec<Message> {
     }
 }
 
+impl Html for MemoryBudget {
+    fn to_html(&self) -> String {
+        let mut rows: Vec<Vec<String>> = self
+            .lines
+            .iter()
+            .map(|l| vec![l.name.clone(), human_bytes(l.bytes), l.formula.clone()])
+            .collect();
+        rows.push(vec![
+            "total".into(),
+            human_bytes(self.total()),
+            String::new(),
+        ]);
+        table(Some(&self.title), &["item", "memory", "formula"], &rows)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,6 +213,15 @@ mod tests {
         assert!(html.contains("q_proj") && html.contains("dense"));
         let html = cfg.to_html();
         assert!(html.contains("num_key_value_heads") && html.contains(">2<"));
+    }
+
+    #[test]
+    fn memory_budget_html_totals() {
+        let b = tunelab::memory::full_finetune_slide5(8_000_000_000).budget();
+        let html = b.to_html();
+        // Slide 5: 4·P·(1+2+2) bytes for P = 8e9 is 160 GB.
+        assert!(html.contains("160.00 GB"), "{html}");
+        assert!(html.contains("<caption"));
     }
 
     #[test]
