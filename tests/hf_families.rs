@@ -22,6 +22,9 @@ use tunelab::model::config::{Config, HfConfig};
 use tunelab::model::llama::{KvCache, Llama};
 use tunelab::model::load;
 
+mod common;
+use common::max_abs_diff;
+
 /// The fixtures, one per family or variant.
 const FAMILIES: [&str; 5] = [
     "llama_untied",
@@ -58,20 +61,6 @@ fn load(dir: &Path) -> Llama {
     load::load_hf_dir(dir, DType::F32, &Device::Cpu)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .0
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 /// Runs `check` on every family, prints each figure, and fails at the end naming every family

@@ -22,8 +22,10 @@ use tunelab::Config;
 const REPO: &str = "org/tiny-model";
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 const COMMIT_B: &str = "89abcdef0123456789abcdef0123456789abcdef";
-const SHARD_1: &str = "model-00001-of-00002.safetensors";
-const SHARD_2: &str = "model-00002-of-00002.safetensors";
+mod common;
+use common::SHARDS;
+const SHARD_1: &str = SHARDS[0];
+const SHARD_2: &str = SHARDS[1];
 
 // ---------------------------------------------------------------------------------------------
 // The stand-in hub.
@@ -344,32 +346,7 @@ fn single_file_repo(model: &Llama) -> Files {
 /// config.json + model.safetensors.index.json + two shards.
 fn sharded_repo(model: &Llama) -> Files {
     let dir = tempfile::tempdir().unwrap();
-    let (mut a, mut b) = (
-        std::collections::BTreeMap::new(),
-        std::collections::BTreeMap::new(),
-    );
-    let mut map = serde_json::Map::new();
-    for (i, (k, v)) in load::state_dict(model).unwrap().into_iter().enumerate() {
-        let file = if i % 2 == 0 { SHARD_1 } else { SHARD_2 };
-        map.insert(k.clone(), file.into());
-        if i % 2 == 0 {
-            a.insert(k, v)
-        } else {
-            b.insert(k, v)
-        };
-    }
-    load::save_safetensors(&a, &dir.path().join(SHARD_1)).unwrap();
-    load::save_safetensors(&b, &dir.path().join(SHARD_2)).unwrap();
-    std::fs::write(
-        dir.path().join("model.safetensors.index.json"),
-        serde_json::json!({"metadata": {}, "weight_map": map}).to_string(),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("config.json"),
-        model.config().to_hf_json("float32").to_string(),
-    )
-    .unwrap();
+    common::save_sharded(model, dir.path());
     read_dir(dir.path())
 }
 

@@ -9,6 +9,9 @@ use tunelab::model::linear::{Dense, Linear};
 use tunelab::model::llama::{ForwardOptions, KvCache, Llama};
 use tunelab::model::load::{self, gguf_name, unpermute_rotary};
 
+mod common;
+use common::max_abs_diff;
+
 fn tiny(seed: u64) -> Llama {
     Llama::init_random(
         &Config::preset("tiny").unwrap(),
@@ -21,19 +24,6 @@ fn tiny(seed: u64) -> Llama {
 
 fn ids(v: &[u32]) -> Tensor {
     Tensor::new(v, &Device::Cpu).unwrap().unsqueeze(0).unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 #[test]
@@ -384,37 +374,7 @@ fn wrong_tensor_shape_is_named() {
 fn sharded_checkpoint_loads() {
     let m = tiny(10);
     let dir = tempfile::tempdir().unwrap();
-    let sd = load::state_dict(&m).unwrap();
-    let (mut a, mut b) = (
-        std::collections::BTreeMap::new(),
-        std::collections::BTreeMap::new(),
-    );
-    let mut map = serde_json::Map::new();
-    for (i, (k, v)) in sd.into_iter().enumerate() {
-        let file = if i % 2 == 0 {
-            "model-00001-of-00002.safetensors"
-        } else {
-            "model-00002-of-00002.safetensors"
-        };
-        map.insert(k.clone(), file.into());
-        if i % 2 == 0 {
-            a.insert(k, v)
-        } else {
-            b.insert(k, v)
-        };
-    }
-    load::save_safetensors(&a, &dir.path().join("model-00001-of-00002.safetensors")).unwrap();
-    load::save_safetensors(&b, &dir.path().join("model-00002-of-00002.safetensors")).unwrap();
-    std::fs::write(
-        dir.path().join("model.safetensors.index.json"),
-        serde_json::json!({"metadata": {}, "weight_map": map}).to_string(),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("config.json"),
-        m.config().to_hf_json("float32").to_string(),
-    )
-    .unwrap();
+    common::save_sharded(&m, dir.path());
     let (back, _) = load::load_hf_dir(dir.path(), DType::F32, &Device::Cpu).unwrap();
     let x = ids(&[4, 5, 6]);
     assert_eq!(

@@ -18,7 +18,7 @@ pub fn escape(s: &str) -> String {
 
 /// `1234567` → `1,234,567`.
 pub fn group(n: u64) -> String {
-    tunelab::model::summary::group(n as usize)
+    tunelab::memory::group_digits(n)
 }
 
 /// Bytes in a human unit (decimal: kB, MB, GB, as the seminar's tables).

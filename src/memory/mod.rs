@@ -62,15 +62,7 @@ pub fn gib(bytes: u64) -> f64 {
 
 /// `1234567` -> `1,234,567`.
 pub fn group_digits(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::with_capacity(s.len() + s.len() / 3);
-    for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    out
+    crate::model::summary::group(n as usize)
 }
 
 /// One item of a [`MemoryBudget`]: what it is, its bytes, and the formula that gave them.

@@ -33,16 +33,18 @@ fn check_shape(path: &Path, name: &str, t: &Tensor, shape: &[usize]) -> Result<(
 
 /// Memory-mapped safetensors files of a HF checkpoint (one file or shards).
 pub struct SafetensorsWeights {
-    files: Vec<PathBuf>,
-    routing: HashMap<String, PathBuf>,
-    st: MmapedSafetensors,
+    /// Each file with its mapping, mapped once.
+    files: Vec<(PathBuf, MmapedSafetensors)>,
+    /// Tensor name -> index into `files`.
+    routing: HashMap<String, usize>,
 }
 
 impl SafetensorsWeights {
     /// Maps the given safetensors files. A truncated or corrupt file is an error naming it.
     pub fn open(files: &[PathBuf]) -> Result<Self> {
         let mut routing = HashMap::new();
-        for f in files {
+        let mut mapped = Vec::with_capacity(files.len());
+        for (i, f) in files.iter().enumerate() {
             if !f.is_file() {
                 return Err(Error::NotFound(format!(
                     "{}: safetensors file not found",
@@ -58,22 +60,22 @@ impl SafetensorsWeights {
                 )
             })?;
             for (name, _) in one.tensors() {
-                routing.insert(name, f.clone());
+                routing.insert(name, i);
             }
+            mapped.push((f.clone(), one));
         }
-        // SAFETY: as above.
-        let st = unsafe { MmapedSafetensors::multi(files) }
-            .map_err(|e| Error::format(&files[0], format!("not a valid safetensors file: {e}")))?;
+        if mapped.is_empty() {
+            return Err(Error::NotFound("no safetensors files were given".into()));
+        }
         Ok(Self {
-            files: files.to_vec(),
+            files: mapped,
             routing,
-            st,
         })
     }
 
     /// The files.
-    pub fn files(&self) -> &[PathBuf] {
-        &self.files
+    pub fn files(&self) -> Vec<&Path> {
+        self.files.iter().map(|(p, _)| p.as_path()).collect()
     }
 
     /// All tensor names.
@@ -92,17 +94,17 @@ impl WeightSource for SafetensorsWeights {
         dtype: DType,
         device: &Device,
     ) -> Result<Tensor> {
-        let path = self.routing.get(name).cloned().ok_or_else(|| {
-            Error::format(
-                &self.files[0],
+        let Some(&i) = self.routing.get(name) else {
+            return Err(Error::format(
+                &self.files[0].0,
                 format!("tensor `{name}` is missing from the checkpoint"),
-            )
-        })?;
-        let t = self
-            .st
+            ));
+        };
+        let (path, st) = &self.files[i];
+        let t = st
             .load(name, device)
-            .map_err(|e| Error::format(&path, format!("tensor `{name}`: {e}")))?;
-        check_shape(&path, name, &t, shape)?;
+            .map_err(|e| Error::format(path, format!("tensor `{name}`: {e}")))?;
+        check_shape(path, name, &t, shape)?;
         Ok(t.to_dtype(dtype)?)
     }
     fn contains(&self, name: &str) -> bool {

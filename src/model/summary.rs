@@ -166,7 +166,7 @@ impl ModelSummary {
 /// `1234567` -> `1,234,567`.
 pub fn group(n: usize) -> String {
     let s = n.to_string();
-    let mut out = String::new();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
     for (i, ch) in s.chars().enumerate() {
         if i > 0 && (s.len() - i) % 3 == 0 {
             out.push(',');

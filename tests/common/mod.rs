@@ -1,0 +1,54 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)] // each test binary uses a subset
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::Tensor;
+use tunelab::model::llama::Llama;
+use tunelab::model::load;
+
+/// The shard names `save_sharded` writes.
+pub const SHARDS: [&str; 2] = [
+    "model-00001-of-00002.safetensors",
+    "model-00002-of-00002.safetensors",
+];
+
+/// max |a − b| over all elements (shapes must agree).
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Writes `model` into `dir` as a sharded HF checkpoint: config.json,
+/// model.safetensors.index.json and two shards (tensors alternate between them).
+pub fn save_sharded(model: &Llama, dir: &Path) {
+    let mut shards = [BTreeMap::new(), BTreeMap::new()];
+    let mut map = serde_json::Map::new();
+    for (i, (k, v)) in load::state_dict(model).unwrap().into_iter().enumerate() {
+        map.insert(k.clone(), SHARDS[i % 2].into());
+        shards[i % 2].insert(k, v);
+    }
+    for (tensors, name) in shards.iter().zip(SHARDS) {
+        load::save_safetensors(tensors, &dir.join(name)).unwrap();
+    }
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        serde_json::json!({"metadata": {}, "weight_map": map}).to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        model.config().to_hf_json("float32").to_string(),
+    )
+    .unwrap();
+}
