@@ -4,6 +4,8 @@
 #   scripts/lab.sh               install what is missing, prebuild the notebooks' `:dep`, open JupyterLab
 #   scripts/lab.sh --setup-only  the same without opening JupyterLab (also: --no-open)
 #   scripts/lab.sh --no-warm     skip the prebuild (the first `:dep` cell then compiles, ~3 min cold)
+#   scripts/lab.sh -- --no-browser --port 8899   pass options on to `jupyter lab`
+#   (as root, e.g. in a container, --allow-root is added: JupyterLab refuses to start otherwise)
 #
 # What it installs, each step skipped when already done:
 #   1. evcxr_jupyter 0.22.0 with `cargo install --locked` (~11 min on 2 cores; needs rustc >= 1.95);
@@ -25,13 +27,16 @@ cd "$ROOT"
 
 OPEN=1
 WARM=1
-for arg in "$@"; do
-  case "$arg" in
+LAB_ARGS=()
+while [ $# -gt 0 ]; do
+  case "$1" in
     --setup-only | --no-open) OPEN=0 ;;
     --no-warm) WARM=0 ;;
-    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
-    *) echo "lab.sh: unknown argument $arg" >&2; exit 2 ;;
+    --) shift; LAB_ARGS=("$@"); break ;;
+    -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
+    *) echo "lab.sh: unknown argument $1 (JupyterLab's own options go after --)" >&2; exit 2 ;;
   esac
+  shift
 done
 
 EVCXR_VERSION=0.22.0
@@ -72,5 +77,8 @@ fi
 
 echo "lab: kernel ready (evcxr_jupyter $EVCXR_VERSION, venv $VENV, EVCXR_TMPDIR $EVCXR_TMPDIR)"
 if [ "$OPEN" = 1 ]; then
-  exec "$VENV/bin/jupyter" lab --ServerApp.root_dir="$ROOT/notebooks"
+  if [ "$(id -u)" = 0 ]; then
+    LAB_ARGS=(--allow-root "${LAB_ARGS[@]}")
+  fi
+  exec "$VENV/bin/jupyter" lab --ServerApp.root_dir="$ROOT/notebooks" "${LAB_ARGS[@]}"
 fi

@@ -13,7 +13,11 @@ A notebook fails on the first cell that
     panic message on stderr only;
   - is tagged `expect-html` (cell metadata "tags") and has no text/html output;
   - is tagged `expect-svg` and has no `<svg` in a text/html or image/svg+xml output;
-  - is tagged `raises-exception` (a cell that shows an error on purpose) and gives no error.
+  - writes to stderr (unless it is a `:dep` cell, whose cargo output goes there, or is tagged
+    `allow-stderr`): evcxr replies "ok" to a cell whose `?` meets an Err and prints the error on
+    stderr only, so stderr is how a failed `?` shows;
+  - is tagged `raises-exception` (a cell that shows an error on purpose) and gives no error
+    (an error reply, or the error of a `?` on stderr).
 The kernel runs with cwd = notebooks/, so `:dep tunelab-prelude = { path = "../prelude" }`
 resolves (evcxr canonicalizes relative dep paths against the kernel's working directory).
 A cell with `:dep` gets a long timeout (a cold evcxr build dir compiles candle and tunelab);
@@ -22,6 +26,7 @@ other cells get a short one. Prints per-cell and per-notebook wall times, then "
 import argparse
 import glob
 import os
+import re
 import sys
 import time
 
@@ -29,6 +34,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = os.path.join(ROOT, "notebooks")
 KERNEL = os.environ.get("TUNELAB_KERNEL", "rust")
 DEP_TIMEOUT = int(os.environ.get("TUNELAB_DEP_TIMEOUT", "1200"))
+# How long to wait for a cell's late stderr after its reply (see drain_late_output).
+LATE_OUTPUT_WAIT = float(os.environ.get("TUNELAB_LATE_OUTPUT_WAIT", "0.3"))
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 CELL_TIMEOUT = int(os.environ.get("TUNELAB_CELL_TIMEOUT", "300"))
 
 
@@ -74,15 +82,24 @@ def cell_problem(cell):
     """Why an executed cell failed, or None."""
     html, svg, errored = False, False, False
     tags = cell.get("metadata", {}).get("tags", [])
+    stderr_ok = ":dep" in cell.get("source", "") or "allow-stderr" in tags
     for out in cell.get("outputs", []):
         kind = out.get("output_type")
         if kind == "error" and "raises-exception" in tags:
             errored = True
         elif kind == "error":
-            tb = "\n".join(out.get("traceback", []))
+            tb = ANSI.sub("", "\n".join(out.get("traceback", [])))
             return f"error: {out.get('ename', '')}: {out.get('evalue', '')}\n{tb}".rstrip()
-        if kind == "stream" and out.get("name") == "stderr" and "panicked at" in out.get("text", ""):
-            return "panic (evcxr replied ok):\n" + out["text"].rstrip()
+        if kind == "stream" and out.get("name") == "stderr":
+            text = out.get("text", "")
+            if "panicked at" in text:
+                return "panic (evcxr replied ok):\n" + text.rstrip()
+            if "raises-exception" in tags:
+                errored = True
+            elif not stderr_ok:
+                return ("wrote to stderr (a `?` on an Err replies ok in evcxr and prints the "
+                        "error there; tag the cell `allow-stderr` if this is expected):\n"
+                        + text.rstrip())
         if kind in ("display_data", "execute_result"):
             data = out.get("data", {})
             if "text/html" in data:
@@ -101,6 +118,29 @@ def cell_problem(cell):
 
 def short(text, limit=3000):
     return text if len(text) <= limit else text[:limit] + f"\n... ({len(text) - limit} more characters)"
+
+
+def drain_late_output(client, cell, wait=LATE_OUTPUT_WAIT):
+    """Appends stream output that arrives after a cell's reply to that cell.
+
+    evcxr forwards the compiled cell's stderr (where a `?` error and a panic go) from another
+    thread, and it can reach iopub after the reply and the idle status, when nbclient has
+    stopped listening for that cell. Returns how many late messages were attached."""
+    import queue
+
+    from nbclient.util import run_sync
+    import nbformat
+
+    late = 0
+    while True:
+        try:
+            msg = run_sync(client.kc.get_iopub_msg)(timeout=wait)
+        except queue.Empty:
+            return late
+        if msg.get("msg_type") == "stream":
+            c = msg["content"]
+            cell.outputs.append(nbformat.v4.new_output("stream", name=c["name"], text=c["text"]))
+            late += 1
 
 
 def run_notebook(path, only_first_code_cell=False):
@@ -123,15 +163,19 @@ def run_notebook(path, only_first_code_cell=False):
                     continue
                 client.timeout = DEP_TIMEOUT if ":dep" in cell.source else CELL_TIMEOUT
                 t0 = time.monotonic()
-                problem = None
+                problem, dt = None, None
                 try:
                     client.execute_cell(cell, i)
+                    dt = time.monotonic() - t0
+                    drain_late_output(client, cell)
                     problem = cell_problem(cell)
                 except CellExecutionError as e:
-                    problem = f"error reply: {e}"
+                    # The error output carries rustc's or the library's message.
+                    problem = cell_problem(cell) or f"error reply: {e}"
                 except Exception as e:  # timeout, dead kernel, protocol trouble
                     problem = f"{type(e).__name__}: {e}"
-                dt = time.monotonic() - t0
+                if dt is None:
+                    dt = time.monotonic() - t0
                 status = "ok" if problem is None else "FAILED"
                 first = cell.source.strip().splitlines()[0] if cell.source.strip() else ""
                 print(f"  cell {i:2d} {dt:8.2f} s  {status}  {first[:70]}", flush=True)

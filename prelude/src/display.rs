@@ -6,7 +6,7 @@
 
 use std::io::Write;
 
-use tunelab::memory::MemoryBudget;
+use tunelab::memory::{gb, MemoryBudget, Slide52};
 use tunelab::model::generate::{FinishReason, Generation};
 use tunelab::model::summary::ModelSummary;
 use tunelab::{Config, Message, Pretrained};
@@ -197,6 +197,43 @@ impl Html for MemoryBudget {
     }
 }
 
+impl Html for Slide52 {
+    fn to_html(&self) -> String {
+        let rows: Vec<Vec<String>> = self
+            .rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.method.clone(),
+                    group(r.trainable_params),
+                    format!("{:.2}", gb(r.weights)),
+                    format!("{:.2}", gb(r.gradients)),
+                    format!("{:.2}", gb(r.optimizer)),
+                    format!("{:.2}", gb(r.total())),
+                ]
+            })
+            .collect();
+        let caption = format!(
+            "Slide 52: {} parameters, LoRA r={} on {} (GB = 10⁹ bytes, activations not included)",
+            group(self.params),
+            self.r,
+            self.target_modules.join(", ")
+        );
+        table(
+            Some(&caption),
+            &[
+                "method",
+                "trainable params",
+                "weights",
+                "gradients",
+                "optimizer",
+                "total GB",
+            ],
+            &rows,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,6 +259,20 @@ mod tests {
         // Slide 5: 4·P·(1+2+2) bytes for P = 8e9 is 160 GB.
         assert!(html.contains("160.00 GB"), "{html}");
         assert!(html.contains("<caption"));
+    }
+
+    #[test]
+    fn slide52_table() {
+        let cfg = Config::preset("llama-3-8b").unwrap();
+        let html = tunelab::memory::slide52(&cfg, 16, &["all-linear"])
+            .unwrap()
+            .to_html();
+        // 20 B/param × 8,030,261,248 = 160.61 GB; QLoRA's adapters: 41,943,040 parameters.
+        assert!(
+            html.contains("160.61") && html.contains("41,943,040"),
+            "{html}"
+        );
+        assert!(html.contains("QLoRA r=16"));
     }
 
     #[test]

@@ -3,11 +3,14 @@
 //! of values a cell binds), and rich displays for tunelab values and tensors.
 //!
 //! Displays: every value with an [`Html`] impl renders as HTML in evcxr through
-//! [`EvcxrDisplay::evcxr_display`]; the HTML itself comes from a pure `to_html()`.
+//! [`EvcxrDisplay::evcxr_display`]; the HTML itself comes from a pure `to_html()`. Figures
+//! ([`Svg`], [`Histogram`], [`StackedBars`]) come from the library's `to_svg()` (plotters) and
+//! show inline as HTML holding the `<svg>`.
 
 #![warn(missing_docs)]
 
 pub mod display;
+pub mod figure;
 pub mod html;
 pub mod tensor;
 
@@ -18,6 +21,7 @@ pub use tensor::{tensor_stats, TensorStats};
 pub use tunelab;
 pub use tunelab::model::generate::{FinishReason, Generation, GenerationConfig};
 pub use tunelab::model::summary::ModelSummary;
+pub use tunelab::viz::{budget_chart, histogram_svg, Bar, Histogram, StackedBars, Svg};
 pub use tunelab::{
     Config, Dense, Linear, LinearLayer, Llama, LoadOptions, Message, Pretrained, Tokenizer,
 };

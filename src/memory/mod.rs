@@ -10,6 +10,7 @@
 //! | `training.rs` | full fine-tuning ([`full_finetune_slide5`], [`mixed_precision_adam`]), activations ([`activation_estimate`]) | 5 |
 //! | `lora.rs` | [`lora_params`], [`lora_estimate`] (LoRA and QLoRA) | 33 |
 //! | `slides.rs` | [`slide6_table`], [`slide14`], [`footprint_of_model`] | 6, 14 |
+//! | `summary.rs` | [`slide52`]: full fine-tuning, LoRA and QLoRA side by side | 52 |
 //!
 //! # Units
 //!
@@ -24,6 +25,7 @@
 mod lora;
 mod precision;
 mod slides;
+mod summary;
 mod training;
 
 pub use lora::{
@@ -37,6 +39,7 @@ pub use slides::{
     footprint_of_model, quantized_sizes, slide14, slide6_table, slide6_table_true_counts,
     slide6_text, Footprint, QuantizedSizes, Slide6Row,
 };
+pub use summary::{slide52, Slide52, Slide52Row};
 pub use training::{
     activation_estimate, full_finetune_slide5, mixed_precision_adam,
     slide5_vs_mixed_precision_note, ActivationEstimate, ActivationShape, AdamAccounting,

@@ -480,6 +480,7 @@ impl Config {
         "smollm2-360m",
         "tinyllama-1.1b",
         "llama-3.2-1b",
+        "llama-3-8b",
         "mistral-7b",
         "qwen2-0.5b",
     ];
@@ -577,6 +578,20 @@ impl Config {
                 tie_word_embeddings: true,
                 bos_token_id: Some(128000),
                 eos_token_ids: vec![128001, 128008, 128009],
+                ..base
+            },
+            "llama-3-8b" => Config {
+                vocab_size: 128256,
+                hidden_size: 4096,
+                intermediate_size: 14336,
+                num_hidden_layers: 32,
+                num_attention_heads: 32,
+                num_key_value_heads: 8,
+                head_dim: 128,
+                rope_theta: 500_000.0,
+                max_position_embeddings: 8192,
+                bos_token_id: Some(128000),
+                eos_token_ids: vec![128001],
                 ..base
             },
             "mistral-7b" => Config {
@@ -691,6 +706,15 @@ mod tests {
         assert!(cfg.attention_bias);
         // Qwen2-0.5B: 494,032,768 parameters.
         assert_eq!(cfg.num_parameters(), 494_032_768);
+    }
+
+    #[test]
+    fn llama3_8b_parameter_count() {
+        // Meta-Llama-3-8B: 8,030,261,248 parameters (its model card's 8.03B).
+        assert_eq!(
+            Config::preset("llama-3-8b").unwrap().num_parameters(),
+            8_030_261_248
+        );
     }
 
     #[test]

@@ -120,6 +120,36 @@ impl Linear {
     pub fn kind(&self) -> String {
         self.0.kind()
     }
+
+    /// The effective weight `[out, in]` as a dense tensor (see [`LinearLayer::dense_weight`]).
+    pub fn dense_weight(&self) -> candle_core::Result<Tensor> {
+        self.0.dense_weight()
+    }
+
+    /// The bias `[out]`, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.0.bias()
+    }
+
+    /// Parameters, counted as transformers/peft count them.
+    pub fn num_parameters(&self) -> usize {
+        self.0.num_parameters()
+    }
+
+    /// Bytes the layer's tensors occupy.
+    pub fn storage_bytes(&self) -> usize {
+        self.0.storage_bytes()
+    }
+
+    /// The dtype forward computes in.
+    pub fn dtype(&self) -> DType {
+        self.0.dtype()
+    }
+
+    /// The device the layer lives on.
+    pub fn device(&self) -> Device {
+        self.0.device()
+    }
 }
 
 impl Module for Linear {
