@@ -5,7 +5,6 @@
 //! | `affine.rs` | affine n-bit (2..8) and symmetric absmax int8, per tensor / per channel / group-wise | slides 12, 17 |
 //! | `nf4.rs` | NF4 and FP4, blockwise absmax, double quantization, in bitsandbytes' layout | QLoRA (Dettmers et al. 2023); bitsandbytes |
 //! | `int8.rs` | LLM.int8(): vector-wise int8 with fp16 outlier columns | Dettmers et al. 2022 |
-//! | `ggml.rs` | candle's GGML types (Q8_0, Q4_0, Q4_1, Q4K, ...) through `QTensor`/`QMatMul` | llama.cpp |
 //! | `qlinear.rs` | [`QLinear`]: a frozen quantized weight behind the model's `Linear` seam | slide 25 |
 //! | `config.rs` | [`QuantConfig`] (as transformers' `BitsAndBytesConfig`) and [`quantize_model`] | — |
 //! | `report.rs` | footprint, per-layer error (MSE, max, SNR), histograms before/after | slides 24, 27 |
@@ -14,8 +13,12 @@
 //! reference implementations); the codes and constants then live on the model's device and
 //! forward is device-generic candle code.
 
+pub mod blockwise8;
+pub mod codes;
+pub mod nf4;
 pub mod qlinear;
 
+pub use nf4::{quantize_4bit_weight, FourBitConfig, FourBitType, FourBitWeight, QuantState};
 pub use qlinear::{QLinear, QuantizedWeight};
 
 use candle_core::{DType, Tensor};
@@ -49,10 +52,7 @@ pub(crate) fn host_matrix(w: &Tensor, name: &str) -> Result<(Vec<f32>, usize, us
             w.dtype()
         )));
     }
-    let values = w
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
+    let values = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
         return Err(Error::Input(format!(
             "tensor `{name}`: value at row {}, column {} is {}; quantization needs finite weights",
@@ -75,7 +75,10 @@ mod tests {
         let e = host_matrix(&Tensor::zeros(4, DType::F32, &dev).unwrap(), "w")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("`w`") && e.contains("2-D") && e.contains("[4]"), "{e}");
+        assert!(
+            e.contains("`w`") && e.contains("2-D") && e.contains("[4]"),
+            "{e}"
+        );
         let e = host_matrix(&Tensor::zeros((0, 4), DType::F32, &dev).unwrap(), "w")
             .unwrap_err()
             .to_string();
