@@ -17,6 +17,7 @@ python3 scripts/run_notebooks.py --check-clean
 
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
 python3 scripts/fetch_smollm2.py >/dev/null
+python3 scripts/fetch_minilm.py >/dev/null
 bash scripts/lab.sh --setup-only --no-warm
 VENV="${TUNELAB_VENV:-$ROOT/.venv}"
 export EVCXR_TMPDIR="${EVCXR_TMPDIR:-/var/tmp/tunelab-evcxr}"

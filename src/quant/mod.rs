@@ -5,6 +5,7 @@
 //! | `affine.rs` | affine n-bit (2..8) and symmetric absmax int8, per tensor / per channel / group-wise | slides 12, 17 |
 //! | `nf4.rs` | NF4 and FP4, blockwise absmax, double quantization, in bitsandbytes' layout | QLoRA (Dettmers et al. 2023); bitsandbytes |
 //! | `int8.rs` | LLM.int8(): vector-wise int8 with fp16 outlier columns | Dettmers et al. 2022 |
+//! | `ggml.rs` | candle's GGML types (Q8_0, Q4_0, Q4_1, Q4K, ...) through `QTensor`/`QMatMul` | llama.cpp |
 //! | `qlinear.rs` | [`QLinear`]: a frozen quantized weight behind the model's `Linear` seam | slide 25 |
 //! | `config.rs` | [`QuantConfig`] (as transformers' `BitsAndBytesConfig`) and [`quantize_model`] | — |
 //! | `report.rs` | footprint, per-layer error (MSE, max, SNR), histograms before/after | slides 24, 27 |
@@ -15,9 +16,11 @@
 
 pub mod blockwise8;
 pub mod codes;
+pub mod config;
 pub mod nf4;
 pub mod qlinear;
 
+pub use config::{quantize_model, quantize_model_with, QuantConfig, QuantScheme, QuantizeSummary};
 pub use nf4::{quantize_4bit_weight, FourBitConfig, FourBitType, FourBitWeight, QuantState};
 pub use qlinear::{QLinear, QuantizedWeight};
 
