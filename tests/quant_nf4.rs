@@ -226,12 +226,19 @@ fn quantized_linear_equals_dense_on_the_dequantized_weight() {
     let dev = Device::Cpu;
     let w = Tensor::randn(0f32, 0.05, (96, 128), &dev).unwrap();
     let b = Tensor::randn(0f32, 0.1, 96, &dev).unwrap();
-    let x = Tensor::randn(0f32, 1.0, (2, 5, 128), &dev).unwrap();
-    for cfg in [
-        FourBitConfig::nf4(false),
-        FourBitConfig::nf4(true),
-        FourBitConfig::fp4(true),
-    ] {
+    // 10 rows take dequantize + matmul; 1 and 3 rows the fused CPU path (quant::gemv4).
+    for (x, cfg) in [(2usize, 5usize), (1, 3), (1, 1)]
+        .into_iter()
+        .flat_map(|(bsz, t)| {
+            let x = Tensor::randn(0f32, 1.0, (bsz, t, 128), &Device::Cpu).unwrap();
+            [
+                FourBitConfig::nf4(false),
+                FourBitConfig::nf4(true),
+                FourBitConfig::fp4(true),
+            ]
+            .map(|c| (x.clone(), c))
+        })
+    {
         let q = quantize_4bit_weight(&w, "w", &cfg).unwrap();
         let wd = q.dequantize(DType::F32).unwrap();
         let layer = QLinear::new(q, Some(b.clone()), DType::F32).unwrap();
@@ -275,6 +282,12 @@ fn generic_and_cpu_dequantization_agree() {
         let generic = f32s(&q.dequantize_on_any_device().unwrap());
         assert_same!(bits(&fast), bits(&generic), "{shape:?} bs {bs}");
     }
+    // All values at their block's absmax: every byte is 0xFF (codes 15, 15), which candle's
+    // index_select takes for a padding id when the ids are u8.
+    let ones = Tensor::ones((4, 64), DType::F32, &Device::Cpu).unwrap();
+    let q = quantize_4bit_weight(&ones, "ones", &FourBitConfig::nf4(false)).unwrap();
+    assert!(u8s(q.packed()).iter().all(|&b| b == 0xff));
+    assert_eq!(f32s(&q.dequantize_on_any_device().unwrap()), vec![1.0; 256]);
 }
 
 #[test]

@@ -17,6 +17,7 @@
 pub mod blockwise8;
 pub mod codes;
 pub mod config;
+pub mod gemv4;
 pub mod nf4;
 pub mod qlinear;
 

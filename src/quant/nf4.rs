@@ -260,30 +260,66 @@ fn pair_table(code: &[f32; 16]) -> Vec<[f32; 2]> {
 
 /// Dequantizes packed codes: `ŵ_i = code[q_i] · absmax[i / blocksize]` (float32), row-major.
 pub fn dequantize_4bit(packed: &[u8], state: &QuantState) -> Result<Vec<f32>> {
+    // Room for the pad value of an odd count, dropped at the end.
+    let mut out = vec![0f32; 2 * packed.len()];
+    dequantize_4bit_into(packed, state, &mut out)?;
+    out.truncate(state.numel());
+    Ok(out)
+}
+
+/// Like [`dequantize_4bit`] into a caller's buffer of `2·packed.len()` values (n, plus one
+/// when n is odd), so that the kernel can be measured without allocating.
+pub fn dequantize_4bit_into(packed: &[u8], state: &QuantState, out: &mut [f32]) -> Result<()> {
     let n = state.numel();
-    if packed.len() != n.div_ceil(2) {
+    if packed.len() != n.div_ceil(2) || out.len() != 2 * packed.len() {
         return Err(Error::Input(format!(
-            "dequantize_4bit: {} packed bytes for shape {:?}, expected {}",
+            "dequantize_4bit: {} packed bytes and room for {} values for shape {:?}, expected {} \
+             and {}",
             packed.len(),
+            out.len(),
             state.shape,
-            n.div_ceil(2)
+            n.div_ceil(2),
+            2 * n.div_ceil(2)
         )));
     }
     let absmax = state.absmax_f32();
     let pairs = pair_table(&state.quant_type.code());
     let bs = state.blocksize;
-    let mut out = Vec::with_capacity(n + 1);
     // Blocks hold an even number of values (bs >= 32), so each block is whole bytes.
-    for (b, bytes) in packed.chunks(bs / 2).enumerate() {
-        let am = absmax[b];
-        for &byte in bytes {
-            let [hi, lo] = pairs[byte as usize];
-            out.push(hi * am);
-            out.push(lo * am);
+    let unpack = |first_block: usize, bytes: &[u8], out: &mut [f32]| {
+        for (b, (bytes, out)) in bytes.chunks(bs / 2).zip(out.chunks_mut(bs)).enumerate() {
+            let am = absmax[first_block + b];
+            for (&byte, o) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+                let [hi, lo] = pairs[byte as usize];
+                o[0] = hi * am;
+                o[1] = lo * am;
+            }
         }
-    }
-    out.truncate(n);
-    Ok(out)
+    };
+    // Large weights are split by whole blocks over the available cores.
+    let threads = if n >= 1 << 18 {
+        std::thread::available_parallelism().map_or(1, |t| t.get())
+    } else {
+        1
+    };
+    let blocks = state.blocks();
+    let per = blocks.div_ceil(threads);
+    std::thread::scope(|scope| {
+        let mut parts = packed
+            .chunks(per * bs / 2)
+            .zip(out.chunks_mut(per * bs))
+            .enumerate()
+            .peekable();
+        while let Some((t, (bytes, out))) = parts.next() {
+            let unpack = &unpack;
+            if parts.peek().is_none() {
+                unpack(t * per, bytes, out);
+            } else {
+                scope.spawn(move || unpack(t * per, bytes, out));
+            }
+        }
+    });
+    Ok(())
 }
 
 /// A weight `[out, in]` quantized to NF4/FP4: packed codes as a U8 tensor on the weight's
@@ -336,8 +372,10 @@ impl FourBitWeight {
             .collect();
         let table = Tensor::from_vec(pairs, (256, 2), dev)?;
         let n = self.state.numel();
+        // The ids go in as u32: candle 0.11's index_select treats a u8 id of 255 (the byte of
+        // two top codes) as a padding sentinel and returns zeros for it.
         let levels = table
-            .index_select(&self.packed, 0)?
+            .index_select(&self.packed.to_dtype(DType::U32)?, 0)?
             .flatten_all()?
             .narrow(0, 0, n)?;
         let absmax = self.state.absmax_f32();
@@ -363,16 +401,56 @@ impl FourBitWeight {
 
     /// CPU fast path: the same arithmetic on the host bytes.
     fn dequantize_cpu(&self) -> candle_core::Result<Tensor> {
+        let values = self.with_host_bytes(|bytes| {
+            dequantize_4bit(bytes, &self.state).map_err(candle_core::Error::wrap)
+        })?;
+        Tensor::from_vec(values, self.state.shape.as_slice(), &Device::Cpu)
+    }
+
+    /// Runs `f` on the packed bytes of a CPU tensor.
+    fn with_host_bytes<T>(
+        &self,
+        f: impl FnOnce(&[u8]) -> candle_core::Result<T>,
+    ) -> candle_core::Result<T> {
         let (storage, layout) = self.packed.storage_and_layout();
-        let bytes = match &*storage {
+        match &*storage {
             candle_core::Storage::Cpu(cpu) => {
                 let all = cpu.as_slice::<u8>()?;
-                &all[layout.start_offset()..layout.start_offset() + self.packed.elem_count()]
+                let start = layout.start_offset();
+                f(&all[start..start + self.packed.elem_count()])
             }
-            _ => candle_core::bail!("dequantize_cpu called for a tensor that is not on the CPU"),
-        };
-        let values = dequantize_4bit(bytes, &self.state).map_err(candle_core::Error::wrap)?;
-        Tensor::from_vec(values, self.state.shape.as_slice(), &Device::Cpu)
+            _ => candle_core::bail!("the packed codes are not on the CPU"),
+        }
+    }
+
+    /// The fused CPU path for a few f32 rows ([`super::gemv4`]), if it applies.
+    fn forward_fused(&self, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let (out_f, in_f) = (self.state.shape[0], self.state.shape[1]);
+        let rows = x.elem_count() / in_f.max(1);
+        if x.rank() == 0
+            || !x.device().is_cpu()
+            || x.dtype() != DType::F32
+            || rows > super::gemv4::MAX_ROWS
+            || in_f % self.state.blocksize != 0
+        {
+            return Ok(None);
+        }
+        let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let absmax = self.state.absmax_f32();
+        let code = self.state.quant_type.code();
+        let y = self.with_host_bytes(|bytes| {
+            Ok(super::gemv4::gemv_4bit(
+                bytes,
+                &absmax,
+                &code,
+                (out_f, in_f),
+                self.state.blocksize,
+                &xs,
+            ))
+        })?;
+        let mut dims = x.dims().to_vec();
+        dims[x.rank() - 1] = out_f;
+        Ok(Some(Tensor::from_vec(y, dims, x.device())?))
     }
 }
 
@@ -391,6 +469,15 @@ impl QuantizedWeight for FourBitWeight {
     }
     fn in_features(&self) -> usize {
         self.state.shape[1]
+    }
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self.forward_fused(x)? {
+            Some(y) => Ok(y),
+            None => {
+                let w = self.dequantize(x.dtype())?;
+                crate::model::linear::linear_forward(x, &w, None)
+            }
+        }
     }
     fn dequantize(&self, dtype: DType) -> candle_core::Result<Tensor> {
         let w = if self.packed.device().is_cpu() {
