@@ -3,10 +3,11 @@
 
 use candle_core::{DType, Device, Tensor};
 use tunelab::quant::{quantize_model, QLinear, QuantConfig};
-use tunelab::{Config, Linear, Llama, LinearLayer, Pretrained};
+use tunelab::{Config, Linear, Llama, Pretrained};
 
 fn smollm2() -> Pretrained {
-    let path = tunelab::model::hub::fallback_gguf().expect("the fallback GGUF (scripts/fetch_smollm2.py)");
+    let path =
+        tunelab::model::hub::fallback_gguf().expect("the fallback GGUF (scripts/fetch_smollm2.py)");
     Pretrained::load_path(path, &Default::default()).expect("loading SmolLM2 from GGUF")
 }
 
@@ -20,7 +21,12 @@ fn nf4_dq_bytes(n: usize) -> usize {
 #[test]
 fn smollm2_nf4_double_quant_footprint_is_the_analytic_count() {
     let mut lm = smollm2();
-    let dense_bytes: usize = lm.model.linears().iter().map(|(_, l)| l.storage_bytes()).sum();
+    let dense_bytes: usize = lm
+        .model
+        .linears()
+        .iter()
+        .map(|(_, l)| l.storage_bytes())
+        .sum();
     let summary = quantize_model(&mut lm.model, &QuantConfig::nf4_double_quant()).unwrap();
     assert_eq!(summary.quantized.len(), 30 * 7);
     assert_eq!(summary.skipped, vec!["lm_head".to_string()]);
@@ -67,14 +73,30 @@ fn quantized_model_matches_dense_model_on_dequantized_weights() {
     quantize_model(&mut q, &QuantConfig::nf4_double_quant()).unwrap();
     for (path, layer) in q.linears() {
         let w = layer.dense_weight().unwrap();
-        d.replace_linear(&path, Linear::new(tunelab::Dense::new(w, layer.bias().cloned()).unwrap()))
-            .unwrap();
+        d.replace_linear(
+            &path,
+            Linear::new(tunelab::Dense::new(w, layer.bias().cloned()).unwrap()),
+        )
+        .unwrap();
     }
     let ids = Tensor::new(&[[1u32, 5, 9, 200, 17, 3]], &Device::Cpu).unwrap();
     let a = q.forward(&ids, None).unwrap();
     let b = d.forward(&ids, None).unwrap();
-    let diff = (a - &b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-    let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let diff = (a - &b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let scale = b
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(diff / scale < 1e-5, "{diff} / {scale}");
 }
 
@@ -82,20 +104,37 @@ fn quantized_model_matches_dense_model_on_dequantized_weights() {
 fn config_errors_and_frozen_weights() {
     let cfg = Config::preset("tiny").unwrap();
     let mut m = Llama::init_random(&cfg, DType::F32, &Device::Cpu, 1).unwrap();
-    let e = quantize_model(&mut m, &QuantConfig::default()).unwrap_err().to_string();
+    let e = quantize_model(&mut m, &QuantConfig::default())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("load_in_4bit"), "{e}");
-    let both = QuantConfig { load_in_8bit: true, ..QuantConfig::nf4() };
-    assert!(quantize_model(&mut m, &both).unwrap_err().to_string().contains("both"));
+    let both = QuantConfig {
+        load_in_8bit: true,
+        ..QuantConfig::nf4()
+    };
+    assert!(quantize_model(&mut m, &both)
+        .unwrap_err()
+        .to_string()
+        .contains("both"));
     let mut bad = QuantConfig::nf4();
     bad.bnb_4bit_blocksize = 100;
     let e = quantize_model(&mut m, &bad).unwrap_err().to_string();
     assert!(e.contains("blocksize") && e.contains("100"), "{e}");
     // Skipping by component: all q_proj stay dense.
-    let s = quantize_model(&mut m, &QuantConfig::nf4().with_skip_modules(["lm_head", "q_proj"])).unwrap();
+    let s = quantize_model(
+        &mut m,
+        &QuantConfig::nf4().with_skip_modules(["lm_head", "q_proj"]),
+    )
+    .unwrap();
     assert_eq!(s.skipped.len(), cfg.num_hidden_layers + 1);
-    assert_eq!(m.linear("model.layers.0.self_attn.q_proj").unwrap().kind(), "dense");
+    assert_eq!(
+        m.linear("model.layers.0.self_attn.q_proj").unwrap().kind(),
+        "dense"
+    );
     // Quantizing twice is refused.
-    let e = quantize_model(&mut m, &QuantConfig::nf4()).unwrap_err().to_string();
+    let e = quantize_model(&mut m, &QuantConfig::nf4())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("already quantized"), "{e}");
     // Slide 25: a quantized weight cannot be trained.
     let layer = m.linear_mut("model.layers.0.mlp.up_proj").unwrap();

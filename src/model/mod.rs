@@ -8,6 +8,7 @@ pub mod hub;
 pub mod linear;
 pub mod llama;
 pub mod load;
+pub mod perplexity;
 pub mod pretrained;
 pub mod summary;
 pub mod token_stream;

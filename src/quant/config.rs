@@ -13,6 +13,11 @@
 use candle_core::{DType, Tensor};
 use serde::Serialize;
 
+use candle_core::quantized::GgmlDType;
+
+use super::affine::{quantize_affine, AffineConfig};
+use super::ggml::GgmlWeight;
+use super::int8::quantize_int8;
 use super::nf4::{quantize_4bit_weight, FourBitConfig, FourBitType};
 use super::{QLinear, QuantizedWeight};
 use crate::model::linear::Linear;
@@ -104,7 +109,10 @@ impl QuantConfig {
     }
 
     /// The same with other modules to skip.
-    pub fn with_skip_modules<S: Into<String>>(mut self, modules: impl IntoIterator<Item = S>) -> Self {
+    pub fn with_skip_modules<S: Into<String>>(
+        mut self,
+        modules: impl IntoIterator<Item = S>,
+    ) -> Self {
         self.llm_int8_skip_modules = modules.into_iter().map(Into::into).collect();
         self
     }
@@ -145,7 +153,7 @@ impl QuantConfig {
 }
 
 /// One quantization scheme, for [`quantize_model_with`] and the chapter's comparison table.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum QuantScheme {
     /// NF4/FP4 ([`super::nf4`]).
     FourBit(FourBitConfig),
@@ -154,6 +162,10 @@ pub enum QuantScheme {
         /// |x| at or above which an activation column is an outlier.
         threshold: f32,
     },
+    /// Affine or absmax n-bit, per tensor / channel / group ([`super::affine`]).
+    Affine(AffineConfig),
+    /// One of candle's GGML types ([`super::ggml`]).
+    Ggml(GgmlDType),
 }
 
 impl QuantScheme {
@@ -161,13 +173,36 @@ impl QuantScheme {
     pub fn quantize(&self, w: &Tensor, name: &str) -> Result<Box<dyn QuantizedWeight>> {
         Ok(match self {
             QuantScheme::FourBit(cfg) => Box::new(quantize_4bit_weight(w, name, cfg)?),
-            QuantScheme::Int8 { .. } => {
-                return Err(Error::Input(format!(
-                    "tensor `{name}`: LLM.int8 quantization is not available in this build"
-                )))
+            QuantScheme::Int8 { threshold } => {
+                Box::new(quantize_int8(w, *threshold).map_err(|e| in_layer(name, e))?)
             }
+            QuantScheme::Affine(cfg) => {
+                Box::new(quantize_affine(w, cfg).map_err(|e| in_layer(name, e))?)
+            }
+            QuantScheme::Ggml(dtype) => Box::new(GgmlWeight::quantize(name, w, *dtype)?),
         })
     }
+
+    /// A short name for tables ("nf4+dq", "int8", "affine-int4-g64", "q4_0").
+    pub fn name(&self) -> String {
+        match self {
+            QuantScheme::FourBit(cfg) => {
+                let dq = if cfg.double_quant { "+dq" } else { "" };
+                match cfg.blocksize {
+                    64 => format!("{}{dq}", cfg.quant_type.name()),
+                    bs => format!("{}{dq}-b{bs}", cfg.quant_type.name()),
+                }
+            }
+            QuantScheme::Int8 { .. } => "int8".into(),
+            QuantScheme::Affine(cfg) => cfg.kind(),
+            QuantScheme::Ggml(dtype) => super::ggml::ggml_kind(*dtype).into(),
+        }
+    }
+}
+
+/// An error from a scheme that does not know the layer's name, with the name added.
+fn in_layer(name: &str, e: Error) -> Error {
+    Error::Input(format!("layer `{name}`: {e}"))
 }
 
 /// What [`quantize_model`] did.

@@ -21,7 +21,9 @@ pub fn gemv_4bit(
     x: &[f32],
 ) -> Vec<f32> {
     let m = x.len() / in_f;
-    let pairs: Vec<[f32; 2]> = (0..256usize).map(|b| [code[b >> 4], code[b & 15]]).collect();
+    let pairs: Vec<[f32; 2]> = (0..256usize)
+        .map(|b| [code[b >> 4], code[b & 15]])
+        .collect();
     let row_bytes = in_f / 2;
     let blocks_per_row = in_f / blocksize;
     // y is computed transposed, [out, m], so that threads own disjoint output rows.

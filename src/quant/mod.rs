@@ -14,16 +14,31 @@
 //! reference implementations); the codes and constants then live on the model's device and
 //! forward is device-generic candle code.
 
+pub mod affine;
 pub mod blockwise8;
 pub mod codes;
 pub mod config;
 pub mod gemv4;
+pub mod ggml;
+pub mod int8;
 pub mod nf4;
 pub mod qlinear;
+pub mod report;
 
+pub use affine::{
+    absmax_params, affine_params, quantize_affine, AffineConfig, AffineParams, AffineWeight,
+    Granularity,
+};
 pub use config::{quantize_model, quantize_model_with, QuantConfig, QuantScheme, QuantizeSummary};
+pub use ggml::{quantize_ggml, GgmlWeight};
+pub use int8::{int8_vectorwise_quant, quantize_int8, Int8VectorwiseQuant, Int8Weight};
 pub use nf4::{quantize_4bit_weight, FourBitConfig, FourBitType, FourBitWeight, QuantState};
 pub use qlinear::{QLinear, QuantizedWeight};
+pub use report::{
+    block_normalized_values, histogram_before_after, memory_footprint, quant_report,
+    quantization_sensitivity, sensitivity, weight_error, LayerError, ModelFootprint, QuantReport,
+    Sensitivity, WeightError,
+};
 
 use candle_core::{DType, Tensor};
 
