@@ -2,7 +2,7 @@
 //!
 //! Load a Llama-family model (SmolLM2, Llama 2/3, Mistral, TinyLlama, Qwen2) from a Hugging Face
 //! directory, the hub or a GGUF file; tokenize and chat with its own template; generate. Every
-//! projection is a [`model::Linear`] addressed by its HF module path, the seam through which
+//! projection is a [`model::linear::Linear`] addressed by its HF module path, the seam through which
 //! quantization and PEFT replace layers.
 #![warn(missing_docs)]
 

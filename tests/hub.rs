@@ -17,13 +17,12 @@ use candle_core::{DType, Device, Tensor};
 use tunelab::model::hub::{self, HubOptions, ModelSource};
 use tunelab::model::llama::Llama;
 use tunelab::model::load;
-use tunelab::Config;
 
 const REPO: &str = "org/tiny-model";
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 const COMMIT_B: &str = "89abcdef0123456789abcdef0123456789abcdef";
 mod common;
-use common::SHARDS;
+use common::{tiny, SHARDS};
 const SHARD_1: &str = SHARDS[0];
 const SHARD_2: &str = SHARDS[1];
 
@@ -310,16 +309,6 @@ impl Drop for Server {
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures.
-
-fn tiny(seed: u64) -> Llama {
-    Llama::init_random(
-        &Config::preset("tiny").unwrap(),
-        DType::F32,
-        &Device::Cpu,
-        seed,
-    )
-    .unwrap()
-}
 
 fn read_dir(dir: &Path) -> Files {
     std::fs::read_dir(dir)

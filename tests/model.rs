@@ -10,17 +10,7 @@ use tunelab::model::llama::{ForwardOptions, KvCache, Llama};
 use tunelab::model::load::{self, gguf_name, unpermute_rotary};
 
 mod common;
-use common::max_abs_diff;
-
-fn tiny(seed: u64) -> Llama {
-    Llama::init_random(
-        &Config::preset("tiny").unwrap(),
-        DType::F32,
-        &Device::Cpu,
-        seed,
-    )
-    .unwrap()
-}
+use common::{max_abs_diff, tiny};
 
 fn ids(v: &[u32]) -> Tensor {
     Tensor::new(v, &Device::Cpu).unwrap().unsqueeze(0).unwrap()

@@ -7,24 +7,11 @@
 
 use std::path::PathBuf;
 
-use tunelab::model::hub::{tunelab_cache_dir, FALLBACK_GGUF, FALLBACK_GGUF_SIZE};
 use tunelab::model::perplexity::{perplexity, perplexity_of_ids, PerplexityOptions};
 use tunelab::Pretrained;
 
-/// The cached GGUF, or `None` (and a message) when it is absent: this test never fetches.
-fn cached_gguf() -> Option<PathBuf> {
-    let path = tunelab_cache_dir().join(FALLBACK_GGUF);
-    match std::fs::metadata(&path) {
-        Ok(m) if m.len() == FALLBACK_GGUF_SIZE => Some(path),
-        _ => {
-            println!(
-                "skipping: {} is not cached (run `python3 scripts/fetch_smollm2.py`)",
-                path.display()
-            );
-            None
-        }
-    }
-}
+mod common;
+use common::cached_gguf;
 
 #[derive(serde::Deserialize)]
 struct Single {

@@ -10,40 +10,14 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use tunelab::model::generate::{generate_ids, GenerationConfig};
 use tunelab::model::gguf::GgufFile;
-use tunelab::model::hub::{tunelab_cache_dir, FALLBACK_GGUF, FALLBACK_GGUF_SIZE};
 use tunelab::model::llama::Llama;
 use tunelab::model::load::gguf_name;
 use tunelab::quant::report::memory_footprint;
 use tunelab::quant::{GgmlWeight, QLinear, QuantizedWeight};
 use tunelab::{Linear, Pretrained};
 
-/// The cached GGUF, or `None` (and a message) when it is absent: this test never fetches.
-fn cached_gguf() -> Option<PathBuf> {
-    let path = tunelab_cache_dir().join(FALLBACK_GGUF);
-    match std::fs::metadata(&path) {
-        Ok(m) if m.len() == FALLBACK_GGUF_SIZE => Some(path),
-        _ => {
-            println!(
-                "skipping: {} is not cached (run `python3 scripts/fetch_smollm2.py`)",
-                path.display()
-            );
-            None
-        }
-    }
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
+mod common;
+use common::{cached_gguf, max_abs_diff};
 
 /// Every projection of `model` replaced by the GGUF's own blocks (q/k rows unpermuted to the
 /// HF layout); `lm_head` by the Q8_0 `token_embd.weight` it is tied to. Checks on the way that

@@ -5,6 +5,9 @@ use candle_core::{DType, Device, Tensor};
 use tunelab::quant::{quantize_model, QLinear, QuantConfig};
 use tunelab::{Config, Linear, Llama, Pretrained};
 
+mod common;
+use common::max_rel_diff;
+
 fn smollm2() -> Pretrained {
     let path =
         tunelab::model::hub::fallback_gguf().expect("the fallback GGUF (scripts/fetch_smollm2.py)");
@@ -82,22 +85,8 @@ fn quantized_model_matches_dense_model_on_dequantized_weights() {
     let ids = Tensor::new(&[[1u32, 5, 9, 200, 17, 3]], &Device::Cpu).unwrap();
     let a = q.forward(&ids, None).unwrap();
     let b = d.forward(&ids, None).unwrap();
-    let diff = (a - &b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let scale = b
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    assert!(diff / scale < 1e-5, "{diff} / {scale}");
+    let rel = max_rel_diff(&a, &b);
+    assert!(rel < 1e-5, "relative difference {rel}");
 }
 
 #[test]

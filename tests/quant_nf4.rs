@@ -13,6 +13,9 @@ use tunelab::quant::nf4::{dequantize_4bit, quantize_4bit, Absmax};
 use tunelab::quant::{quantize_4bit_weight, FourBitConfig, FourBitType, QLinear, QuantizedWeight};
 use tunelab::LinearLayer;
 
+mod common;
+use common::max_rel_diff;
+
 fn fixtures(file: &str) -> HashMap<String, Tensor> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/quant")
@@ -245,21 +248,7 @@ fn quantized_linear_equals_dense_on_the_dequantized_weight() {
         let y = layer.forward(&x).unwrap();
         let dense = tunelab::Dense::new(wd, Some(b.clone())).unwrap();
         let y_ref = dense.forward(&x).unwrap();
-        let rel = (y - &y_ref)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            / y_ref
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+        let rel = max_rel_diff(&y, &y_ref);
         assert!(rel < 1e-5, "{cfg:?}: relative difference {rel}");
         assert_eq!(layer.num_parameters(), 96 * 128 + 96);
     }

@@ -4,6 +4,7 @@
 
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor, D};
+use tunelab::quant::codes::NF4_CODE;
 use tunelab::quant::report::{
     block_normalized_values, histogram_before_after, memory_footprint, quant_report,
     quantization_sensitivity, sensitivity, weight_error,
@@ -11,6 +12,9 @@ use tunelab::quant::report::{
 use tunelab::quant::{GgmlWeight, QLinear, QuantizedWeight};
 use tunelab::viz::Histogram;
 use tunelab::{Config, Linear, Llama};
+
+mod common;
+use common::tiny;
 
 fn normal(shape: &[usize], std: f32, seed: u64) -> Tensor {
     use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -26,41 +30,11 @@ fn normal(shape: &[usize], std: f32, seed: u64) -> Tensor {
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
-fn tiny(seed: u64) -> Llama {
-    Llama::init_random(
-        &Config::preset("tiny").unwrap(),
-        DType::F32,
-        &Device::Cpu,
-        seed,
-    )
-    .unwrap()
-}
-
 /// A fixed batch `(2, 32)` of token ids.
 fn batch() -> Tensor {
     let ids: Vec<u32> = (0..64u32).map(|i| (i * 97 + 13) % 256).collect();
     Tensor::from_vec(ids, (2, 32), &Device::Cpu).unwrap()
 }
-
-/// The 16 NF4 levels (QLoRA, Dettmers et al. 2023, appendix E; bitsandbytes' `get_4bit_type("nf4")`).
-const NF4: [f32; 16] = [
-    -1.0,
-    -0.696_192_8,
-    -0.525_073_05,
-    -0.394_917_5,
-    -0.284_441_38,
-    -0.184_773_43,
-    -0.091_050_036,
-    0.0,
-    0.079_580_3,
-    0.160_930_2,
-    0.246_112_3,
-    0.337_915_24,
-    0.440_709_83,
-    0.562_617,
-    0.722_956_84,
-    1.0,
-];
 
 /// Blockwise 4-bit quantization onto the NF4 grid, done here by hand: blocks of 64 consecutive
 /// values, each scaled by its absmax and rounded to the nearest level, then multiplied back.
@@ -71,7 +45,7 @@ fn nf4_by_hand(w: &Tensor, blocksize: usize) -> Tensor {
         let absmax = block.iter().fold(0f32, |a, &x| a.max(x.abs()));
         for &x in block {
             let n = x / absmax;
-            let level = NF4
+            let level = NF4_CODE
                 .iter()
                 .copied()
                 .min_by(|a, b| (a - n).abs().total_cmp(&(b - n).abs()))
@@ -92,7 +66,7 @@ fn block_normalized_nf4_weight_shows_the_16_levels() {
     assert_eq!(v.len(), 64 * 256);
     let mut seen = [0usize; 16];
     for &x in &v {
-        let (i, d) = NF4
+        let (i, d) = NF4_CODE
             .iter()
             .enumerate()
             .map(|(i, &l)| (i, (l - x).abs()))

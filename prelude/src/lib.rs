@@ -12,6 +12,7 @@
 pub mod display;
 pub mod figure;
 pub mod html;
+pub mod quant;
 pub mod tensor;
 
 pub use candle_core;

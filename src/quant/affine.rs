@@ -490,6 +490,16 @@ mod tests {
         t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
     }
 
+    /// `Q(w)` flattened, as torch's `int_repr().flatten()`.
+    fn int_codes(aw: &AffineWeight) -> Vec<i64> {
+        aw.int_repr()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<i64>()
+            .unwrap()
+    }
+
     #[test]
     fn worked_example_8bit_asymmetric() {
         // w = [-1.0, 0.0, 0.5, 2.0], n = 8 (slide 12, by hand):
@@ -517,15 +527,7 @@ mod tests {
             &AffineConfig::asymmetric(8, Granularity::PerTensor),
         )
         .unwrap();
-        assert_eq!(
-            aw.int_repr()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<i64>()
-                .unwrap(),
-            [0, 85, 127, 255]
-        );
+        assert_eq!(int_codes(&aw), [0, 85, 127, 255]);
         assert_eq!(flat(&aw.dequantize(DType::F32).unwrap()), dq);
         assert_eq!(aw.kind(), "affine-int8");
         assert_eq!(aw.storage_bytes(), 4 + 4 + 4); // 4 codes, one scale, one zero point
@@ -542,15 +544,7 @@ mod tests {
             (1.0 / 64.0, 0, -127, 127)
         );
         let aw = quantize_affine(&cpu(&w, (2, 2)), &AffineConfig::int8_absmax()).unwrap();
-        assert_eq!(
-            aw.int_repr()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<i64>()
-                .unwrap(),
-            [-127, 32, 0, 48]
-        );
+        assert_eq!(int_codes(&aw), [-127, 32, 0, 48]);
         assert_eq!(
             aw.codes().flatten_all().unwrap().to_vec1::<u8>().unwrap(),
             [1, 160, 128, 176]
@@ -666,13 +660,7 @@ mod tests {
                     let generic = flat(&aw.dequantize_f32().unwrap());
                     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     assert_eq!(bits(&dq), bits(&generic), "{}", cfg.kind());
-                    let q = aw
-                        .int_repr()
-                        .unwrap()
-                        .flatten_all()
-                        .unwrap()
-                        .to_vec1::<i64>()
-                        .unwrap();
+                    let q = int_codes(&aw);
                     let (qmin, qmax) = cfg.quant_range();
                     let mut worst = 0f64;
                     for i in 0..rows * cols {
@@ -736,13 +724,7 @@ mod tests {
             quantize_affine(&wt, &AffineConfig::asymmetric(4, Granularity::PerTensor)).unwrap();
         assert_eq!(aw.codes().dims(), [8]);
         // range [−7, 7] with 15 steps: scale = 14/15, codes 0..14 in order (w·15/14 + 7.5 ≈ i + 0.5·i/7)
-        let q = aw
-            .int_repr()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<i64>()
-            .unwrap();
+        let q = int_codes(&aw);
         let p = affine_params(-7.0, 7.0, 4).unwrap();
         assert_eq!(
             q,

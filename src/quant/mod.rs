@@ -9,6 +9,9 @@
 //! | `qlinear.rs` | [`QLinear`]: a frozen quantized weight behind the model's `Linear` seam | slide 25 |
 //! | `config.rs` | [`QuantConfig`] (as transformers' `BitsAndBytesConfig`) and [`quantize_model`] | — |
 //! | `report.rs` | footprint, per-layer error (MSE, max, SNR), histograms before/after | slides 24, 27 |
+//! | `sensitivity.rs` | δL ≈ Σ ∂L/∂w·ε against the true change of the loss for one layer | slide 15 |
+//! | `codes.rs`, `blockwise8.rs` | the NF4/FP4 tables and the 8-bit dynamic map of double quantization | — |
+//! | `gemv4.rs` | the fused 4-bit × f32 product on CPU for decoding | — |
 //!
 //! Quantizing happens once, on the host, in f32 (so that the codes are bit-identical to the
 //! reference implementations); the codes and constants then live on the model's device and
@@ -24,6 +27,7 @@ pub mod int8;
 pub mod nf4;
 pub mod qlinear;
 pub mod report;
+pub mod sensitivity;
 
 pub use affine::{
     absmax_params, affine_params, quantize_affine, AffineConfig, AffineParams, AffineWeight,
@@ -35,10 +39,10 @@ pub use int8::{int8_vectorwise_quant, quantize_int8, Int8VectorwiseQuant, Int8We
 pub use nf4::{quantize_4bit_weight, FourBitConfig, FourBitType, FourBitWeight, QuantState};
 pub use qlinear::{QLinear, QuantizedWeight};
 pub use report::{
-    block_normalized_values, histogram_before_after, memory_footprint, quant_report,
-    quantization_sensitivity, sensitivity, weight_error, LayerError, ModelFootprint, QuantReport,
-    Sensitivity, WeightError,
+    block_normalized_values, histogram_before_after, memory_footprint, quant_report, weight_error,
+    LayerError, ModelFootprint, QuantReport, WeightError,
 };
+pub use sensitivity::{quantization_sensitivity, sensitivity, Sensitivity};
 
 use candle_core::{DType, Tensor};
 

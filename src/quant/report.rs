@@ -1,7 +1,7 @@
 //! The chapter's reports on a quantized model: how much smaller (footprint, slide 24), how
 //! wrong (per-layer MSE, max error, SNR), how the values look (histograms before/after, slide
 //! 27; block-normalized values, where NF4's 16 levels show), and how much the loss cares
-//! (first-order sensitivity, slide 15).
+//! (first-order sensitivity, slide 15: in `sensitivity.rs`, re-exported here).
 //!
 //! Data and formatting are apart: every report is a plain `serde::Serialize` struct with a
 //! `to_text()`; the notebook prelude renders the same structs as HTML.
@@ -24,7 +24,7 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{DType, Tensor, Var, D};
+use candle_core::{DType, Tensor};
 use serde::Serialize;
 
 use crate::memory::MemoryBudget;
@@ -33,6 +33,8 @@ use crate::model::llama::Llama;
 use crate::model::summary::group;
 use crate::viz::Histogram;
 use crate::{Error, Result};
+
+pub use super::sensitivity::{quantization_sensitivity, sensitivity, Sensitivity};
 
 /// Elements copied to the host at a time: the error of a 28M-element `lm_head` is
 /// accumulated without a second f64 copy of the whole weight.
@@ -103,7 +105,7 @@ fn snr_db(signal: f64, noise: f64) -> f64 {
 
 /// The elements of `t` and `u` (same element count) in chunks of f64 on the host, checked
 /// finite (`names` name them in the error).
-fn for_each_chunk(
+pub(super) fn for_each_chunk(
     t: &Tensor,
     u: &Tensor,
     what: &str,
@@ -598,160 +600,6 @@ pub fn block_normalized_values(w: &Tensor, blocksize: usize) -> Result<Vec<f32>>
         }
     }
     Ok(v)
-}
-
-/// Slide 15: how much the loss moves when one layer's weight moves by `ε` — the first-order
-/// Taylor estimate against the true change.
-///
-/// ```text
-/// L(W + ε) − L(W)  =  Σ ∂L/∂W ⊙ ε  +  ½ εᵀ H ε  +  O(‖ε‖³)
-///      actual           first_order     second order
-/// ```
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Sensitivity {
-    /// The layer.
-    pub path: String,
-    /// `L(W)`: mean next-token cross-entropy of the batch, in nats.
-    pub loss: f64,
-    /// `Σ ∂L/∂W ⊙ ε`.
-    pub first_order: f64,
-    /// `L(W + ε) − L(W)`.
-    pub actual: f64,
-    /// `‖ε‖_F`.
-    pub delta_norm: f64,
-    /// `‖∂L/∂W‖_F`.
-    pub grad_norm: f64,
-}
-
-impl Sensitivity {
-    /// `actual / first_order`: ≈ 1 while the change is linear in `ε`.
-    pub fn ratio(&self) -> f64 {
-        self.actual / self.first_order
-    }
-
-    /// What the first-order term misses: `actual − first_order` (≈ `½ εᵀHε`).
-    pub fn remainder(&self) -> f64 {
-        self.actual - self.first_order
-    }
-}
-
-/// Per-token next-token NLL `(N,)` in f32 for `input_ids: (B, T)`, `N = B·(T−1)`:
-/// `−log softmax(logits[b, t])[ids[b, t+1]]`. Differentiable (no KV cache, unfused kernels).
-fn next_token_nll(model: &Llama, input_ids: &Tensor) -> Result<Tensor> {
-    let (b, t) = input_ids.dims2()?;
-    let v = model.config().vocab_size;
-    let logits = model.forward(input_ids, None)?; // (B, T, V) f32
-    let logits = logits.narrow(1, 0, t - 1)?.reshape((b * (t - 1), v))?;
-    let targets = input_ids
-        .narrow(1, 1, t - 1)?
-        .to_dtype(DType::U32)?
-        .reshape((b * (t - 1), 1))?;
-    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    Ok(logp.gather(&targets, 1)?.squeeze(1)?.neg()?)
-}
-
-/// Mean of a 1-D tensor, summed in f64 on the host.
-fn mean_f64(t: &Tensor) -> Result<f64> {
-    let v = t.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-    Ok(v.iter().sum::<f64>() / v.len().max(1) as f64)
-}
-
-/// `Σ a ⊙ b` in f64.
-fn dot_f64(a: &Tensor, b: &Tensor) -> Result<f64> {
-    let mut s = 0.0;
-    for_each_chunk(a, b, "sensitivity", ["gradient", "delta"], |x, y| {
-        s += x.iter().zip(y).map(|(p, q)| p * q).sum::<f64>();
-    })?;
-    Ok(s)
-}
-
-/// First-order estimate and actual change of the loss when the weight of the projection at
-/// `path` moves by `delta` (slide 15), on the batch `input_ids: (B, T)`, `T ≥ 2`.
-///
-/// `L` is the mean next-token cross-entropy of the batch. The base weights are plain tensors
-/// (no gradient), so for `∂L/∂W` the layer is swapped, for the duration of the call, for a
-/// [`Dense`] layer over a candle `Var` holding its effective weight `W = dense_weight()` (and
-/// its bias); `L(W + ε)` uses a dense layer over `W + ε`. The original layer is put back
-/// before returning, also on error — hence `&mut`, though the model is unchanged afterwards.
-/// For a quantized layer the gradient is therefore taken at its dequantized weight; for a tied
-/// `lm_head` only the output projection moves (the embedding lookup keeps its table).
-pub fn sensitivity(
-    model: &mut Llama,
-    input_ids: &Tensor,
-    path: &str,
-    delta: &Tensor,
-) -> Result<Sensitivity> {
-    let lin = model.linear(path)?;
-    let w = lin.dense_weight()?;
-    let bias = lin.bias().cloned();
-    if delta.dims() != w.dims() {
-        return Err(Error::Shape {
-            name: format!("delta for `{path}`"),
-            expected: w.dims().to_vec(),
-            found: delta.dims().to_vec(),
-        });
-    }
-    match *input_ids.dims() {
-        [b, t] if b > 0 && t >= 2 => {}
-        _ => {
-            return Err(Error::Input(format!(
-                "sensitivity needs input_ids of shape (batch, seq_len) with seq_len >= 2 \
-                 (the loss predicts token t+1 from tokens ..t), got {:?}",
-                input_ids.dims()
-            )))
-        }
-    }
-    let delta = delta.to_dtype(w.dtype())?.to_device(w.device())?;
-    let var = Var::from_tensor(&w)?;
-    let probe = Linear::new(Dense::new(var.as_tensor().clone(), bias.clone())?);
-    let original = model.replace_linear(path, probe)?;
-    let result = (|| -> Result<Sensitivity> {
-        let nll = next_token_nll(model, input_ids)?;
-        let loss = mean_f64(&nll)?;
-        let grads = nll.mean_all()?.backward()?;
-        let g = grads.get(var.as_tensor()).ok_or_else(|| {
-            Error::Input(format!(
-                "sensitivity: no gradient reached `{path}` (is it used by forward?)"
-            ))
-        })?;
-        let first_order = dot_f64(g, &delta)?;
-        let grad_norm = dot_f64(g, g)?.sqrt();
-        let moved = (var.as_tensor().detach() + &delta)?;
-        model.replace_linear(path, Linear::new(Dense::new(moved, bias)?))?;
-        let loss_moved = mean_f64(&next_token_nll(model, input_ids)?)?;
-        Ok(Sensitivity {
-            path: path.to_string(),
-            loss,
-            first_order,
-            actual: loss_moved - loss,
-            delta_norm: dot_f64(&delta, &delta)?.sqrt(),
-            grad_norm,
-        })
-    })();
-    // Put the original layer back whatever happened (same shape: this cannot fail).
-    model.replace_linear(path, original)?;
-    result
-}
-
-/// [`sensitivity`] with `ε = quantize(W) − W`: `quantize` maps the layer's effective weight
-/// to its quantized-then-dequantized version (e.g. `|w| Ok(q.dequantize(w.dtype())?)`).
-pub fn quantization_sensitivity(
-    model: &mut Llama,
-    input_ids: &Tensor,
-    path: &str,
-    quantize: impl FnOnce(&Tensor) -> Result<Tensor>,
-) -> Result<Sensitivity> {
-    let w = model.linear(path)?.dense_weight()?;
-    let q = quantize(&w)?;
-    if q.dims() != w.dims() {
-        return Err(Error::Shape {
-            name: format!("quantized weight of `{path}`"),
-            expected: w.dims().to_vec(),
-            found: q.dims().to_vec(),
-        });
-    }
-    let delta = (q.to_dtype(w.dtype())? - &w)?;
-    sensitivity(model, input_ids, path, &delta)
 }
 
 #[cfg(test)]

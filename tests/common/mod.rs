@@ -2,9 +2,11 @@
 #![allow(dead_code)] // each test binary uses a subset
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use candle_core::Tensor;
+use candle_core::{DType, Device, Tensor};
+use tunelab::model::config::Config;
+use tunelab::model::hub::{tunelab_cache_dir, FALLBACK_GGUF, FALLBACK_GGUF_SIZE};
 use tunelab::model::llama::Llama;
 use tunelab::model::load;
 
@@ -27,6 +29,46 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap()
+}
+
+/// max |a − b| / max |b|: the largest difference relative to the largest value of the
+/// reference `b` (shapes must agree).
+pub fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let scale = b
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    max_abs_diff(a, b) / scale
+}
+
+/// A randomly initialized model of the `tiny` preset, f32 on the CPU.
+pub fn tiny(seed: u64) -> Llama {
+    Llama::init_random(
+        &Config::preset("tiny").unwrap(),
+        DType::F32,
+        &Device::Cpu,
+        seed,
+    )
+    .unwrap()
+}
+
+/// The cached SmolLM2 GGUF, or `None` (and a message) when it is absent: the tests that use
+/// it never fetch.
+pub fn cached_gguf() -> Option<PathBuf> {
+    let path = tunelab_cache_dir().join(FALLBACK_GGUF);
+    match std::fs::metadata(&path) {
+        Ok(m) if m.len() == FALLBACK_GGUF_SIZE => Some(path),
+        _ => {
+            println!(
+                "skipping: {} is not cached (run `python3 scripts/fetch_smollm2.py`)",
+                path.display()
+            );
+            None
+        }
+    }
 }
 
 /// Writes `model` into `dir` as a sharded HF checkpoint: config.json,
