@@ -283,16 +283,18 @@ pub fn dequantize_4bit_into(packed: &[u8], state: &QuantState, out: &mut [f32]) 
         )));
     }
     let absmax = state.absmax_f32();
-    let pairs = pair_table(&state.quant_type.code());
+    let code = state.quant_type.code();
     let bs = state.blocksize;
-    // Blocks hold an even number of values (bs >= 32), so each block is whole bytes.
+    // Blocks hold an even number of values (bs >= 32), so each block is whole bytes. Per block
+    // the 16 levels are scaled once (the same float32 products `code[k]·absmax`), then each
+    // byte is two lookups.
     let unpack = |first_block: usize, bytes: &[u8], out: &mut [f32]| {
         for (b, (bytes, out)) in bytes.chunks(bs / 2).zip(out.chunks_mut(bs)).enumerate() {
             let am = absmax[first_block + b];
+            let lv: [f32; 16] = code.map(|c| c * am);
             for (&byte, o) in bytes.iter().zip(out.chunks_exact_mut(2)) {
-                let [hi, lo] = pairs[byte as usize];
-                o[0] = hi * am;
-                o[1] = lo * am;
+                o[0] = lv[(byte >> 4) as usize];
+                o[1] = lv[(byte & 15) as usize];
             }
         }
     };
