@@ -10,6 +10,7 @@ pub mod device;
 pub mod error;
 pub mod memory;
 pub mod model;
+pub mod peft;
 pub mod quant;
 pub mod viz;
 

@@ -461,6 +461,24 @@ impl Llama {
         out
     }
 
+    /// All projections, mutably, with their paths (the order of [`Llama::linears`]).
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out = Vec::with_capacity(self.layers.len() * 7 + 1);
+        for (i, b) in self.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            let (a, m) = (&mut b.self_attn, &mut b.mlp);
+            out.push((format!("{p}.self_attn.q_proj"), &mut a.q_proj));
+            out.push((format!("{p}.self_attn.k_proj"), &mut a.k_proj));
+            out.push((format!("{p}.self_attn.v_proj"), &mut a.v_proj));
+            out.push((format!("{p}.self_attn.o_proj"), &mut a.o_proj));
+            out.push((format!("{p}.mlp.gate_proj"), &mut m.gate_proj));
+            out.push((format!("{p}.mlp.up_proj"), &mut m.up_proj));
+            out.push((format!("{p}.mlp.down_proj"), &mut m.down_proj));
+        }
+        out.push(("lm_head".to_string(), &mut self.lm_head));
+        out
+    }
+
     /// HF module paths of all projections (see [`Llama::linears`]).
     pub fn linear_paths(&self) -> Vec<String> {
         self.linears().into_iter().map(|(p, _)| p).collect()
