@@ -40,6 +40,24 @@ fn save_then_load_gives_the_same_logits() {
 }
 
 #[test]
+fn dora_adapters_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config();
+    c.use_dora = true;
+    let peft = get_peft_model_seeded(tiny(4), &c, 5).unwrap();
+    let before = peft.model.forward(&ids(), None).unwrap();
+    save_adapter(&peft, dir.path(), "default").unwrap();
+    let t = candle_core::safetensors::load(dir.path().join(ADAPTER_WEIGHTS), &Device::Cpu).unwrap();
+    assert_eq!(
+        t["base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector"].dims(),
+        [64]
+    );
+    let loaded = load_adapter(tiny(4), dir.path()).unwrap();
+    let after = loaded.model.forward(&ids(), None).unwrap();
+    assert_eq!(common::max_abs_diff(&after, &before), 0.0);
+}
+
+#[test]
 fn unknown_config_fields_are_kept() {
     let dir = tempfile::tempdir().unwrap();
     let peft = get_peft_model_seeded(tiny(4), &config(), 5).unwrap();

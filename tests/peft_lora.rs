@@ -30,6 +30,12 @@ fn cases() -> Vec<(&'static str, LoraConfig)> {
     let mut pattern = LoraConfig::new(8, 4.0, TargetModules::all_linear());
     pattern.rank_pattern.insert("down_proj".into(), 2);
     pattern.alpha_pattern.insert("down_proj".into(), 32.0);
+    let mut dora = LoraConfig::new(
+        4,
+        8.0,
+        TargetModules::names(["q_proj", "k_proj", "v_proj", "o_proj"]),
+    );
+    dora.use_dora = true;
     vec![
         (
             "r4 a8 q,v",
@@ -42,6 +48,7 @@ fn cases() -> Vec<(&'static str, LoraConfig)> {
         ("r4 a16 rslora all-linear", random(rs)),
         ("r2 a4 regex layer 1", random(layers)),
         ("r8 a4 patterns", random(pattern)),
+        ("r4 a8 dora attention", random(dora)),
     ]
 }
 
@@ -52,6 +59,12 @@ fn zero_b_at_init_leaves_the_model_unchanged() {
     let peft = get_peft_model_seeded(tiny(3), &cfg, 1).unwrap();
     let y = peft.model.forward(&ids(), None).unwrap();
     assert_eq!(common::max_abs_diff(&y, &base), 0.0);
+    // DoRA: m = ‖W‖ at init, so m/‖W‖ = 1 up to rounding.
+    let mut dora = cfg.clone();
+    dora.use_dora = true;
+    let peft = get_peft_model_seeded(tiny(3), &dora, 1).unwrap();
+    let y = peft.model.forward(&ids(), None).unwrap();
+    assert!(common::max_rel_diff(&y, &base) < 1e-5);
 }
 
 #[test]
@@ -126,35 +139,38 @@ fn merged_weight_is_w_plus_scaled_ba() {
 
 #[test]
 fn only_the_adapters_get_gradients() {
-    let (_, cfg) = cases().remove(1);
-    let peft = get_peft_model_seeded(tiny(4), &cfg, 9).unwrap();
-    let logits = peft.model.forward(&ids(), None).unwrap();
-    let loss = logits.sqr().unwrap().mean_all().unwrap();
-    let grads = loss.backward().unwrap();
-    let vars = peft.trainable_vars();
-    assert_eq!(vars.len(), 2 * peft.lora_layers().len());
-    for v in &vars {
-        let g = grads
-            .get(v.as_tensor())
-            .expect("every adapter tensor has a gradient");
-        assert!(
-            g.abs()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-                > 0.0
-        );
+    for (_, cfg) in [cases().remove(1), cases().remove(4)] {
+        let cfg = &cfg;
+        let peft = get_peft_model_seeded(tiny(4), cfg, 9).unwrap();
+        let logits = peft.model.forward(&ids(), None).unwrap();
+        let loss = logits.sqr().unwrap().mean_all().unwrap();
+        let grads = loss.backward().unwrap();
+        let vars = peft.trainable_vars();
+        let per_layer = if cfg.use_dora { 3 } else { 2 };
+        assert_eq!(vars.len(), per_layer * peft.lora_layers().len());
+        for v in &vars {
+            let g = grads
+                .get(v.as_tensor())
+                .expect("every adapter tensor has a gradient");
+            assert!(
+                g.abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    > 0.0
+            );
+        }
+        for (path, l) in peft.lora_layers() {
+            let base = l.base().downcast_ref::<tunelab::Dense>().unwrap();
+            assert!(
+                grads.get(base.weight()).is_none(),
+                "{path}: base weight got a gradient"
+            );
+        }
+        assert!(grads.get(&peft.model.embed_tokens).is_none());
     }
-    for (path, l) in peft.lora_layers() {
-        let base = l.base().downcast_ref::<tunelab::Dense>().unwrap();
-        assert!(
-            grads.get(base.weight()).is_none(),
-            "{path}: base weight got a gradient"
-        );
-    }
-    assert!(grads.get(&peft.model.embed_tokens).is_none());
 }
 
 #[test]

@@ -194,12 +194,6 @@ impl LoraConfig {
                 ),
             ));
         }
-        if self.use_dora {
-            return Err(Error::config(
-                "use_dora",
-                "DoRA is not implemented yet; use plain LoRA",
-            ));
-        }
         if self.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()) {
             return Err(Error::config(
                 "modules_to_save",

@@ -4,7 +4,8 @@
 //!
 //! Tensor names are the module path under `base_model.model.` with the adapter name stripped:
 //! `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight` (`[r, in]`) and
-//! `....lora_B.weight` (`[out, r]`), float32. Fields of `adapter_config.json` that tunelab does
+//! `....lora_B.weight` (`[out, r]`), and for DoRA `....lora_magnitude_vector` (`[out]`), float32.
+//! Fields of `adapter_config.json` that tunelab does
 //! not use are kept in [`AdapterConfig::extra`] and written back.
 
 use std::collections::BTreeMap;
@@ -244,6 +245,10 @@ fn tensor_name(path: &str, which: &str) -> String {
     format!("base_model.model.{path}.{which}.weight")
 }
 
+fn magnitude_name(path: &str) -> String {
+    format!("base_model.model.{path}.lora_magnitude_vector")
+}
+
 /// Saves the adapter `adapter` of `peft` into `dir` (created if needed) in PEFT's format.
 pub fn save_adapter(peft: &PeftModel, dir: impl AsRef<Path>, adapter: &str) -> Result<()> {
     let dir = dir.as_ref();
@@ -274,6 +279,10 @@ pub fn save_adapter_with(
                 tensor_name(&path, "lora_B"),
                 a.lora_b.as_tensor().to_dtype(DType::F32)?,
             );
+            if let Some(m) = &a.magnitude {
+                // peft saves DoRA's magnitude without the `.weight` suffix.
+                tensors.insert(magnitude_name(&path), m.as_tensor().to_dtype(DType::F32)?);
+            }
         }
     }
     if tensors.is_empty() {
@@ -323,8 +332,14 @@ fn fill_adapter(peft: &mut PeftModel, dir: &Path, name: &str) -> Result<()> {
     let layers: Vec<(String, &LoraLayer)> = peft.lora_layers();
     for (path, l) in &layers {
         let a = l.adapter(name)?;
-        for (which, var) in [("lora_A", &a.lora_a), ("lora_B", &a.lora_b)] {
-            let key = tensor_name(path, which);
+        let mut slots = vec![
+            (tensor_name(path, "lora_A"), &a.lora_a),
+            (tensor_name(path, "lora_B"), &a.lora_b),
+        ];
+        if let Some(m) = &a.magnitude {
+            slots.push((magnitude_name(path), m));
+        }
+        for (key, var) in slots {
             let t = tensors.remove(&key).ok_or_else(|| {
                 Error::format(
                     &file,

@@ -9,6 +9,10 @@
 //! is a plain tensor or packed codes and never receives a gradient. `merge` folds the active
 //! adapters into the base weight, `W ← W + (α/r)·B·A` (computed in f32, checked finite),
 //! `unmerge` takes them out again.
+//!
+//! DoRA (Liu et al. 2024, *DoRA: Weight-Decomposed Low-Rank Adaptation*) adds a trainable
+//! magnitude m per output row: `W' = m · (W + ΔW) / ‖W + ΔW‖` (row norm, detached in forward
+//! as in peft's `dora.py`); m starts at ‖W + ΔW‖, so the model starts unchanged.
 
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -33,6 +37,8 @@ pub struct LoraAdapter {
     pub lora_a: Var,
     /// B: `[out, r]`, f32.
     pub lora_b: Var,
+    /// DoRA's magnitude m: `[out]`, f32 (`None` for plain LoRA).
+    pub magnitude: Option<Var>,
 }
 
 impl LoraAdapter {
@@ -41,10 +47,18 @@ impl LoraAdapter {
         self.lora_b.as_tensor().matmul(self.lora_a.as_tensor())? * self.scaling
     }
 
-    /// Parameters: r·(in + out).
+    /// Parameters: r·(in + out), plus `out` for DoRA's magnitude.
     pub fn num_parameters(&self) -> usize {
-        self.lora_a.elem_count() + self.lora_b.elem_count()
+        self.lora_a.elem_count()
+            + self.lora_b.elem_count()
+            + self.magnitude.as_ref().map_or(0, |m| m.elem_count())
     }
+}
+
+/// ‖W‖ per output row, `[out]` (f32): DoRA's column norm of the `[in, out]` weight in the paper,
+/// which is the row norm of PyTorch's `[out, in]` layout.
+pub fn row_norm(w: &Tensor) -> candle_core::Result<Tensor> {
+    w.to_dtype(DType::F32)?.sqr()?.sum(1)?.sqrt()
 }
 
 /// A linear layer with LoRA adapters.
@@ -56,6 +70,8 @@ pub struct LoraLayer {
     merged: Vec<String>,
     disabled: bool,
     training: bool,
+    /// DoRA: the row norm of W + ΔW at merge time, to unmerge exactly.
+    merge_norms: BTreeMap<String, Tensor>,
 }
 
 impl LoraLayer {
@@ -68,6 +84,7 @@ impl LoraLayer {
             merged: Vec::new(),
             disabled: false,
             training: false,
+            merge_norms: BTreeMap::new(),
         }
     }
 
@@ -174,9 +191,17 @@ impl LoraLayer {
         }
         let dtype = self.base.dtype();
         let mut w = self.base.dense_weight()?.to_dtype(DType::F32)?;
+        let mut norms = Vec::new();
         for name in &todo {
-            let delta = self.adapters[name].delta_weight()?;
-            w = (w + delta)?;
+            let a = &self.adapters[name];
+            w = (w + a.delta_weight()?)?;
+            if let Some(m) = &a.magnitude {
+                // DoRA: W' = m/‖W + ΔW‖ · (W + ΔW), per output row.
+                let norm = row_norm(&w)?;
+                let factor = (m.as_tensor() / &norm)?;
+                w = w.broadcast_mul(&factor.unsqueeze(1)?)?;
+                norms.push((name.clone(), factor));
+            }
             if safe_merge && !all_finite(&w)? {
                 return Err(Error::Input(format!(
                     "merging adapter `{name}` gives a weight with NaN or infinite values; \
@@ -184,6 +209,7 @@ impl LoraLayer {
                 )));
             }
         }
+        self.merge_norms.extend(norms);
         self.base = Linear::new(Dense::new(w.to_dtype(dtype)?, self.base.bias().cloned())?);
         self.merged.extend(todo);
         Ok(())
@@ -191,7 +217,10 @@ impl LoraLayer {
 
     fn unmerge_one(&mut self, name: &str) -> Result<()> {
         let dtype = self.base.dtype();
-        let w = self.base.dense_weight()?.to_dtype(DType::F32)?;
+        let mut w = self.base.dense_weight()?.to_dtype(DType::F32)?;
+        if let Some(factor) = self.merge_norms.remove(name) {
+            w = w.broadcast_div(&factor.unsqueeze(1)?)?;
+        }
         let w = (w - self.adapters[name].delta_weight()?)?;
         self.base = Linear::new(Dense::new(w.to_dtype(dtype)?, self.base.bias().cloned())?);
         self.merged.retain(|m| m != name);
@@ -227,6 +256,10 @@ impl LoraLayer {
             let a = &self.adapters[name];
             let ba = a.lora_b.as_tensor().matmul(a.lora_a.as_tensor())?;
             expected = (expected + (ba * a.scaling)?)?;
+            if let Some(m) = &a.magnitude {
+                let factor = (m.as_tensor() / row_norm(&expected)?)?;
+                expected = expected.broadcast_mul(&factor.unsqueeze(1)?)?;
+            }
         }
         let mut copy = LoraLayer {
             base: Linear::new(Dense::new(
@@ -238,6 +271,7 @@ impl LoraLayer {
             merged: self.merged.clone(),
             disabled: false,
             training: false,
+            merge_norms: BTreeMap::new(),
         };
         copy.merge(false)?;
         let merged = copy.base.dense_weight()?.to_dtype(DType::F32)?;
@@ -268,10 +302,30 @@ impl LinearLayer for LoraLayer {
             if self.training && a.dropout > 0.0 {
                 h = candle_nn::ops::dropout(&h, a.dropout as f32)?;
             }
-            let h = linear_forward(&h, a.lora_a.as_tensor(), None)?;
-            let h = linear_forward(&h, a.lora_b.as_tensor(), None)?;
-            let dt = y.dtype();
-            y = (y + (h * a.scaling)?.to_dtype(dt)?)?;
+            let lora = (linear_forward(
+                &linear_forward(&h, a.lora_a.as_tensor(), None)?,
+                a.lora_b.as_tensor(),
+                None,
+            )? * a.scaling)?;
+            match &a.magnitude {
+                None => {
+                    let dt = y.dtype();
+                    y = (y + lora.to_dtype(dt)?)?;
+                }
+                Some(m) => {
+                    // DoRA (peft's dora.py): with W·x the base output without bias and
+                    // n = ‖W + ΔW‖ per row, detached,
+                    //   y = W·x + b + (m/n − 1)·W·x + (m/n)·ΔW·x = (m/n)·(W + ΔW)·x + b.
+                    let w = self.base.dense_weight()?.to_dtype(DType::F32)?;
+                    let norm = row_norm(&(&w + a.delta_weight()?.detach())?)?.detach();
+                    let scale = (m.as_tensor() / norm)?;
+                    let base_x = linear_forward(&x.to_dtype(DType::F32)?, &w, None)?;
+                    let dora = ((base_x.broadcast_mul(&(&scale - 1.0)?)?)
+                        + lora.broadcast_mul(&scale)?)?;
+                    let dt = y.dtype();
+                    y = (y + dora.to_dtype(dt)?)?;
+                }
+            }
         }
         Ok(y)
     }
@@ -293,7 +347,13 @@ impl LinearLayer for LoraLayer {
         }
         let dtype = w.dtype();
         for name in self.active.iter().filter(|a| !self.merged.contains(a)) {
-            w = (w.to_dtype(DType::F32)? + self.adapters[name].delta_weight()?)?.to_dtype(dtype)?;
+            let a = &self.adapters[name];
+            let mut m = (w.to_dtype(DType::F32)? + a.delta_weight()?)?;
+            if let Some(mag) = &a.magnitude {
+                let factor = (mag.as_tensor() / row_norm(&m)?)?;
+                m = m.broadcast_mul(&factor.unsqueeze(1)?)?;
+            }
+            w = m.to_dtype(dtype)?;
         }
         Ok(w)
     }

@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use super::config::{InitLoraWeights, LoraConfig};
-use super::lora::{LoraAdapter, LoraLayer};
+use super::lora::{row_norm, LoraAdapter, LoraLayer};
 use crate::model::linear::Linear;
 use crate::model::llama::Llama;
 use crate::{Error, Result};
@@ -82,6 +82,7 @@ fn init_adapter(
     (out, inp): (usize, usize),
     rng: &mut rand::rngs::StdRng,
     device: &Device,
+    base_weight: Option<&Tensor>,
 ) -> Result<LoraAdapter> {
     let uniform = |n: usize, bound: f64, rng: &mut rand::rngs::StdRng| -> Vec<f32> {
         (0..n)
@@ -107,14 +108,21 @@ fn init_adapter(
         InitLoraWeights::Random => uniform(out * r, 1.0 / (r as f64).sqrt(), rng),
         _ => vec![0f32; out * r],
     };
-    Ok(LoraAdapter {
+    let mut adapter = LoraAdapter {
         r,
         alpha,
         scaling: cfg.scaling(r, alpha),
         dropout: cfg.lora_dropout,
         lora_a: Var::from_tensor(&Tensor::from_vec(a, (r, inp), device)?)?,
         lora_b: Var::from_tensor(&Tensor::from_vec(b, (out, r), device)?)?,
-    })
+        magnitude: None,
+    };
+    if let Some(w) = base_weight {
+        // DoRA: m starts at ‖W + ΔW‖ per row, so the adapted layer starts equal to W + ΔW.
+        let w = (w.to_dtype(DType::F32)? + adapter.delta_weight()?)?;
+        adapter.magnitude = Some(Var::from_tensor(&row_norm(&w)?)?);
+    }
+    Ok(adapter)
 }
 
 impl PeftModel {
@@ -159,6 +167,11 @@ impl PeftModel {
         for path in &paths {
             let layer = self.model.linear(path)?;
             let (r, alpha) = config.rank_and_alpha(path);
+            let base_weight = if config.use_dora {
+                Some(layer.dense_weight()?)
+            } else {
+                None
+            };
             let adapter = init_adapter(
                 config,
                 r,
@@ -166,6 +179,7 @@ impl PeftModel {
                 (layer.out_features(), layer.in_features()),
                 &mut rng,
                 &device,
+                base_weight.as_ref(),
             )?;
             {
                 let mut data = self.varmap.data().lock().expect("varmap lock");
@@ -177,6 +191,12 @@ impl PeftModel {
                     format!("base_model.model.{path}.lora_B.{name}.weight"),
                     adapter.lora_b.clone(),
                 );
+                if let Some(m) = &adapter.magnitude {
+                    data.insert(
+                        format!("base_model.model.{path}.lora_magnitude_vector.{name}.weight"),
+                        m.clone(),
+                    );
+                }
             }
             if let Some(lora) = self.model.linear_mut(path)?.downcast_mut::<LoraLayer>() {
                 lora.add_adapter(name, adapter)?;
@@ -229,11 +249,10 @@ impl PeftModel {
 
     /// The trainable `Var`s of the active adapter (for an optimizer).
     pub fn trainable_vars(&self) -> Vec<Var> {
-        let tag_a = format!(".lora_A.{}.weight", self.active);
-        let tag_b = format!(".lora_B.{}.weight", self.active);
+        let tag = format!(".{}.weight", self.active);
         let data = self.varmap.data().lock().expect("varmap lock");
         data.iter()
-            .filter(|(k, _)| k.ends_with(&tag_a) || k.ends_with(&tag_b))
+            .filter(|(k, _)| k.ends_with(&tag))
             .map(|(_, v)| v.clone())
             .collect()
     }
