@@ -12,17 +12,19 @@
 pub mod display;
 pub mod figure;
 pub mod html;
+pub mod peft;
 pub mod quant;
 pub mod tensor;
 
 pub use candle_core;
 pub use candle_core::{DType, Device, Tensor};
+pub use candle_nn;
 pub use display::{EvcxrDisplay, Html};
 pub use tensor::{tensor_stats, TensorStats};
 pub use tunelab;
 pub use tunelab::model::generate::{FinishReason, Generation, GenerationConfig};
 pub use tunelab::model::summary::ModelSummary;
-pub use tunelab::viz::{budget_chart, histogram_svg, Bar, Histogram, StackedBars, Svg};
+pub use tunelab::viz::{budget_chart, histogram_svg, line_chart, Bar, Histogram, StackedBars, Svg};
 pub use tunelab::{
     Config, Dense, Linear, LinearLayer, Llama, LoadOptions, Message, Pretrained, Tokenizer,
 };

@@ -206,9 +206,9 @@ impl LoraConfig {
     /// Rank and α for the layer at `path`: `rank_pattern`/`alpha_pattern` override by key (a
     /// key matches as a module-name suffix or as a regex on the whole path).
     pub fn rank_and_alpha(&self, path: &str) -> (usize, f64) {
+        // peft: `re.match(rf"(.*\.)?({key})$", path)`, the first key that matches.
         let find = |key: &String| {
-            suffix_match(path, key)
-                || full_regex(&format!(".*\\.{key}")).is_ok_and(|re| re.is_match(path))
+            full_regex(&format!("(.*\\.)?(?:{key})")).is_ok_and(|re| re.is_match(path))
         };
         let r = self
             .rank_pattern

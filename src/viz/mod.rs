@@ -8,13 +8,16 @@
 //! | file | figure |
 //! |---|---|
 //! | `histogram.rs` | [`Histogram`] of a tensor's values, one or several overlaid ([`histogram_svg`]) |
+//! | `lines.rs` | line charts ([`line_chart`]), e.g. a loss curve |
 //! | `bars.rs` | stacked horizontal bars ([`StackedBars`]), e.g. memory budgets side by side ([`budget_chart`]) |
 
 mod bars;
 mod histogram;
+mod lines;
 
 pub use bars::{budget_chart, Bar, StackedBars};
 pub use histogram::{histogram_svg, Histogram};
+pub use lines::line_chart;
 
 use std::path::Path;
 
