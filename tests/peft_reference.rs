@@ -17,7 +17,7 @@ fn fixtures() -> PathBuf {
 
 fn base() -> Llama {
     load_hf_dir(
-        &fixtures().join("tiny_hf/llama_untied"),
+        fixtures().join("tiny_hf/llama_untied"),
         DType::F32,
         &Device::Cpu,
     )

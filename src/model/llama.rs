@@ -23,6 +23,14 @@
 //! softmax, which have no backward; a forward without one uses the same maths in plain,
 //! differentiable tensor ops, so gradients reach every adapter. Both paths agree to float
 //! rounding (tested).
+//!
+//! Hooks for the PEFT methods that act outside a projection: [`Llama::forward_hidden_embeds`]
+//! takes input embeddings instead of ids (prompt tuning) and per-layer key/value prefixes
+//! (prefix tuning, transformers' `past_key_values`); [`Llama::set_block_adapter`] installs a
+//! [`BlockAdapter`] that sees each block's attention and MLP outputs (bottleneck adapters).
+//! Without them every forward is exactly what it was.
+
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, D};
 
@@ -55,6 +63,26 @@ impl KvCache {
         self.layers.clear();
     }
 
+    /// A cache that starts with `layers[i] = (keys, values)`, each `(B, KV, P, D)`, as if `P`
+    /// tokens had been run: new tokens get positions `P..` and attend to all `P`. This is how
+    /// transformers serves prefix tuning's `past_key_values` during generation (the keys are
+    /// used as they are, no RoPE is applied to them).
+    pub fn from_prefix(layers: Vec<(Tensor, Tensor)>) -> Self {
+        Self {
+            layers: layers.into_iter().map(Some).collect(),
+        }
+    }
+
+    /// Number of layers with an entry.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Layer `i`'s cached `(keys, values)`, each `(B, KV, S, D)`, keys already rotated.
+    pub fn layer(&self, i: usize) -> Option<(&Tensor, &Tensor)> {
+        self.layers.get(i)?.as_ref().map(|(k, v)| (k, v))
+    }
+
     fn append(
         &mut self,
         layer: usize,
@@ -82,6 +110,37 @@ pub struct ForwardOptions {
     pub attention_mask: Option<Tensor>,
     /// `(B, T)` u32 document ids: attention never crosses documents (sequence packing).
     pub segment_ids: Option<Tensor>,
+}
+
+/// A hook into every decoder block, for adapters that sit between a block's sublayers rather
+/// than inside a projection (Houlsby et al. 2019 bottleneck adapters). Each method gets a
+/// sublayer's output `(B, T, C)` in the model's dtype and returns what is added to the residual
+/// stream instead:
+///
+/// ```text
+/// h = h + after_attention(l, o_proj(Attn(RMSNorm(h))))
+/// h = h + after_mlp(l, down_proj(SwiGLU(RMSNorm(h))))
+/// ```
+/// The defaults return `h` unchanged. Installed with [`Llama::set_block_adapter`]; every forward
+/// (with or without a cache) calls it.
+pub trait BlockAdapter: Send + Sync + std::fmt::Debug {
+    /// Maps the attention output of block `layer` (after `o_proj`, before the residual add).
+    fn after_attention(&self, layer: usize, h: &Tensor) -> candle_core::Result<Tensor> {
+        let _ = layer;
+        Ok(h.clone())
+    }
+    /// Maps the MLP output of block `layer` (after `down_proj`, before the residual add).
+    fn after_mlp(&self, layer: usize, h: &Tensor) -> candle_core::Result<Tensor> {
+        let _ = layer;
+        Ok(h.clone())
+    }
+}
+
+/// What a forward pass starts from.
+#[derive(Clone, Copy)]
+enum Input<'a> {
+    Ids(&'a Tensor),
+    Embeds(&'a Tensor),
 }
 
 /// RMSNorm with a learned gain `g`: `x / sqrt(mean(x²) + ε) · g`.
@@ -213,10 +272,13 @@ struct Step<'a> {
 }
 
 impl Attention {
+    /// `prefix`: this layer's `(keys, values)`, `(B|1, KV, P, D)`, placed before the keys and
+    /// values of the tokens (prefix tuning; never rotated here).
     fn forward(
         &self,
         x: &Tensor,
         step: &Step,
+        prefix: Option<&(Tensor, Tensor)>,
         cache: Option<(&mut KvCache, usize)>,
     ) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
@@ -241,6 +303,21 @@ impl Attention {
         let k = apply_rope(&k, step.cos, step.sin, step.fused)?.contiguous()?;
         let (k, v) = match cache {
             Some((c, layer)) => c.append(layer, &k, &v)?,
+            None => (k, v),
+        };
+        let (k, v) = match prefix {
+            Some((pk, pv)) => {
+                let p = pk.dim(2)?;
+                let fit = |x: &Tensor| -> candle_core::Result<Tensor> {
+                    x.to_dtype(k.dtype())?
+                        .broadcast_as((b, kv, p, hd))?
+                        .contiguous()
+                };
+                (
+                    Tensor::cat(&[&fit(pk)?, &k], 2)?, // (B, KV, P + T, D)
+                    Tensor::cat(&[&fit(pv)?, &v], 2)?,
+                )
+            }
             None => (k, v),
         };
         let k = repeat_kv(k, h / kv)?; // (B, H, S, D)
@@ -286,6 +363,7 @@ pub struct Llama {
     inv_freq: Tensor,
     dtype: DType,
     device: Device,
+    block_adapter: Option<Arc<dyn BlockAdapter>>,
 }
 
 /// The projection names inside a block, in checkpoint order.
@@ -419,6 +497,7 @@ impl Llama {
             inv_freq,
             dtype,
             device: device.clone(),
+            block_adapter: None,
         })
     }
 
@@ -629,33 +708,164 @@ impl Llama {
         &self,
         input_ids: &Tensor,
         opts: &ForwardOptions,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        self.decode(Input::Ids(input_ids), opts, None, cache)
+    }
+
+    /// Logits `(B, T, V)` in f32 for input embeddings `(B, T, C)` given instead of token ids
+    /// (transformers' `inputs_embeds`): what prompt tuning runs, with its virtual tokens'
+    /// embeddings before the real ones. Otherwise as [`Llama::forward_with`].
+    pub fn forward_embeds(
+        &self,
+        inputs_embeds: &Tensor,
+        opts: &ForwardOptions,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let h = self.forward_hidden_embeds(inputs_embeds, opts, None, cache)?;
+        Ok(self.lm_head.forward(&h)?.to_dtype(DType::F32)?)
+    }
+
+    /// The final hidden states `(B, T, C)` for input embeddings `inputs_embeds: (B, T, C)`
+    /// (cast to the model's dtype), optionally after per-layer key/value prefixes.
+    ///
+    /// `past_key_values[l] = (keys, values)`, each `(B|1, KV, P, D)`, is prepended to layer
+    /// `l`'s keys and values as transformers treats a `past_key_values` cache that prefix tuning
+    /// passes in: the keys are used as they are (no RoPE is applied to them), the tokens get
+    /// positions `P..P+T` (unless `opts.position_ids` says otherwise), every token attends to
+    /// all `P` prefix positions, and `opts.attention_mask`, if given, covers `P + T` columns.
+    /// The prefix tensors may be trainable (`Var`s): this path is differentiable. A prefix and
+    /// a `cache` exclude each other; for generation seed the cache with
+    /// [`KvCache::from_prefix`].
+    ///
+    /// # Shapes
+    /// `inputs_embeds: (B, T, C)`, prefix `(B|1, KV, P, D)` per layer → `(B, T, C)`.
+    pub fn forward_hidden_embeds(
+        &self,
+        inputs_embeds: &Tensor,
+        opts: &ForwardOptions,
+        past_key_values: Option<&[(Tensor, Tensor)]>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        self.decode(Input::Embeds(inputs_embeds), opts, past_key_values, cache)
+    }
+
+    /// Installs `adapter` (or removes it with `None`) in every block and returns the one that
+    /// was installed. See [`BlockAdapter`].
+    pub fn set_block_adapter(
+        &mut self,
+        adapter: Option<Arc<dyn BlockAdapter>>,
+    ) -> Option<Arc<dyn BlockAdapter>> {
+        std::mem::replace(&mut self.block_adapter, adapter)
+    }
+
+    /// The installed [`BlockAdapter`], if any.
+    pub fn block_adapter(&self) -> Option<&Arc<dyn BlockAdapter>> {
+        self.block_adapter.as_ref()
+    }
+
+    /// Checks a key/value prefix against the model and the batch; returns its length `P`.
+    fn check_prefix(&self, prefix: &[(Tensor, Tensor)], b: usize, cached: usize) -> Result<usize> {
+        let c = &self.config;
+        if cached > 0 {
+            return Err(Error::Input(format!(
+                "past_key_values cannot be combined with a KvCache that holds {cached} positions; \
+                 for generation seed the cache with KvCache::from_prefix"
+            )));
+        }
+        if prefix.len() != c.num_hidden_layers {
+            return Err(Error::Input(format!(
+                "past_key_values has {} layers but the model has {} (num_hidden_layers)",
+                prefix.len(),
+                c.num_hidden_layers
+            )));
+        }
+        let p = prefix[0].0.dims().get(2).copied().unwrap_or(0);
+        for (i, (k, v)) in prefix.iter().enumerate() {
+            for (what, t) in [("keys", k), ("values", v)] {
+                let d = t.dims();
+                let ok = d.len() == 4
+                    && (d[0] == 1 || d[0] == b)
+                    && d[1] == c.num_key_value_heads
+                    && d[2] == p
+                    && d[3] == c.head_dim
+                    && p > 0;
+                if !ok {
+                    return Err(Error::Shape {
+                        name: format!("past_key_values[{i}] {what}"),
+                        expected: vec![b, c.num_key_value_heads, p.max(1), c.head_dim],
+                        found: d.to_vec(),
+                    });
+                }
+            }
+        }
+        Ok(p)
+    }
+
+    fn decode(
+        &self,
+        input: Input,
+        opts: &ForwardOptions,
+        prefix: Option<&[(Tensor, Tensor)]>,
         mut cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
-        let (b, t) = input_ids.dims2().map_err(|_| {
-            Error::Input(format!(
-                "input_ids must have shape (batch, seq_len), found {:?}",
-                input_ids.dims()
-            ))
-        })?;
+        let hidden = self.config.hidden_size;
+        let (b, t) = match input {
+            Input::Ids(ids) => ids.dims2().map_err(|_| {
+                Error::Input(format!(
+                    "input_ids must have shape (batch, seq_len), found {:?}",
+                    ids.dims()
+                ))
+            })?,
+            Input::Embeds(e) => match e.dims3() {
+                Ok((b, t, c)) if c == hidden => (b, t),
+                _ => {
+                    return Err(Error::Input(format!(
+                        "inputs_embeds must have shape (batch, seq_len, hidden_size = {hidden}), found {:?}",
+                        e.dims()
+                    )))
+                }
+            },
+        };
         if t == 0 {
-            return Err(Error::Input("input_ids is empty (seq_len 0)".into()));
+            let what = match input {
+                Input::Ids(_) => "input_ids",
+                Input::Embeds(_) => "inputs_embeds",
+            };
+            return Err(Error::Input(format!("{what} is empty (seq_len 0)")));
         }
-        let offset = cache.as_ref().map_or(0, |c| c.seq_len());
+        let cached = cache.as_ref().map_or(0, |c| c.seq_len());
+        let prefix_len = match prefix {
+            Some(p) => self.check_prefix(p, b, cached)?,
+            None => 0,
+        };
+        let offset = cached + prefix_len; // at most one of the two is non-zero
         let total = offset + t;
         if total > self.config.max_position_embeddings {
+            let before = if prefix_len > 0 {
+                format!("{prefix_len} prefix")
+            } else {
+                format!("{cached} cached")
+            };
             return Err(Error::Input(format!(
-                "sequence of {total} positions ({offset} cached + {t} new) exceeds the model's context of {} (max_position_embeddings)",
+                "sequence of {total} positions ({before} + {t} new) exceeds the model's context of {} (max_position_embeddings)",
                 self.config.max_position_embeddings
             )));
         }
-        let vocab = self.config.vocab_size as u32;
-        let ids = input_ids.to_dtype(DType::U32)?;
-        let max_id = ids.flatten_all()?.max(0)?.to_scalar::<u32>()?;
-        if max_id >= vocab {
-            return Err(Error::Input(format!(
-                "token id {max_id} is out of the vocabulary (size {vocab})"
-            )));
-        }
+        let mut x = match input {
+            Input::Ids(input_ids) => {
+                let vocab = self.config.vocab_size as u32;
+                let ids = input_ids.to_dtype(DType::U32)?;
+                let max_id = ids.flatten_all()?.max(0)?.to_scalar::<u32>()?;
+                if max_id >= vocab {
+                    return Err(Error::Input(format!(
+                        "token id {max_id} is out of the vocabulary (size {vocab})"
+                    )));
+                }
+                self.embed(&ids)?
+            }
+            Input::Embeds(e) => e.to_dtype(self.dtype)?,
+        };
         let fused = cache.is_some();
         let positions = match &opts.position_ids {
             Some(p) => p.to_dtype(DType::F32)?,
@@ -671,23 +881,33 @@ impl Llama {
             .broadcast_mul(&self.inv_freq.reshape((1, 1, ()))?)?;
         let cos = freqs.cos()?.to_dtype(self.dtype)?.contiguous()?;
         let sin = freqs.sin()?.to_dtype(self.dtype)?.contiguous()?;
-        let mask = self.attention_mask(b, t, offset, opts)?;
+        let mask = self.attention_mask(b, t, offset, cached, opts)?;
         let step = Step {
             cos: &cos,
             sin: &sin,
             mask: mask.as_ref(),
             fused,
         };
-        let mut x = self.embed(&ids)?;
+        let adapter = self.block_adapter.as_deref();
         for (i, block) in self.layers.iter().enumerate() {
             let residual = &x;
             let n = block.input_layernorm.forward(&x, fused)?;
-            let a = block
-                .self_attn
-                .forward(&n, &step, cache.as_deref_mut().map(|c| (c, i)))?;
+            let mut a = block.self_attn.forward(
+                &n,
+                &step,
+                prefix.map(|p| &p[i]),
+                cache.as_deref_mut().map(|c| (c, i)),
+            )?;
+            if let Some(ad) = adapter {
+                a = ad.after_attention(i, &a)?;
+            }
             let x1 = (residual + a)?;
             let n = block.post_attention_layernorm.forward(&x1, fused)?;
-            x = (&x1 + block.mlp.forward(&n)?)?;
+            let mut m = block.mlp.forward(&n)?;
+            if let Some(ad) = adapter {
+                m = ad.after_mlp(i, &m)?;
+            }
+            x = (&x1 + m)?;
         }
         Ok(self.norm.forward(&x, fused)?)
     }
@@ -696,11 +916,15 @@ impl Llama {
     /// elsewhere. Not −∞, as in transformers: a padding query that may attend nothing then gets
     /// a uniform (finite, ignored) row instead of NaNs that would leak into real rows through
     /// `0 · NaN` in the value product.
+    ///
+    /// `offset` positions come before the `t` new ones (`cached` of them in a KvCache, the rest
+    /// a key/value prefix); every new token may attend to all of them.
     fn attention_mask(
         &self,
         b: usize,
         t: usize,
         offset: usize,
+        cached: usize,
         opts: &ForwardOptions,
     ) -> Result<Option<Tensor>> {
         let s = offset + t;
@@ -726,7 +950,7 @@ impl Llama {
             keep = keep.broadcast_mul(&pad)?;
         }
         if let Some(seg) = &opts.segment_ids {
-            if offset != 0 || seg.dims() != [b, t] {
+            if cached != 0 || seg.dims() != [b, t] {
                 return Err(Error::Input(format!(
                     "segment_ids must have shape (batch, seq_len) = ({b}, {t}) and no cache, found {:?}",
                     seg.dims()
@@ -737,6 +961,13 @@ impl Llama {
                 .unsqueeze(2)?
                 .broadcast_eq(&seg.unsqueeze(1)?)?
                 .unsqueeze(1)?; // (B, 1, T, T)
+            let same = if offset > 0 {
+                // A key/value prefix is seen by every document.
+                let prefix = Tensor::ones((b, 1, t, offset), DType::U8, dev)?;
+                Tensor::cat(&[&prefix, &same], 3)? // (B, 1, T, S)
+            } else {
+                same
+            };
             keep = keep.broadcast_mul(&same)?;
         }
         let zeros = Tensor::zeros(keep.shape(), DType::F32, dev)?;

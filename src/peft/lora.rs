@@ -44,7 +44,8 @@ pub struct LoraAdapter {
 impl LoraAdapter {
     /// ΔW = scaling · B·A, `[out, in]`, f32.
     pub fn delta_weight(&self) -> candle_core::Result<Tensor> {
-        self.lora_b.as_tensor().matmul(self.lora_a.as_tensor())? * self.scaling
+        // (s·B)·A: the scaling on the small [out, r] factor.
+        (self.lora_b.as_tensor() * self.scaling)?.matmul(self.lora_a.as_tensor())
     }
 
     /// Parameters: r·(in + out), plus `out` for DoRA's magnitude.
@@ -302,11 +303,9 @@ impl LinearLayer for LoraLayer {
             if self.training && a.dropout > 0.0 {
                 h = candle_nn::ops::dropout(&h, a.dropout as f32)?;
             }
-            let lora = (linear_forward(
-                &linear_forward(&h, a.lora_a.as_tensor(), None)?,
-                a.lora_b.as_tensor(),
-                None,
-            )? * a.scaling)?;
+            // Scale the r-wide intermediate, not the [.., out] result: one pass less.
+            let xa = (linear_forward(&h, a.lora_a.as_tensor(), None)? * a.scaling)?;
+            let lora = linear_forward(&xa, a.lora_b.as_tensor(), None)?;
             match &a.magnitude {
                 None => {
                     let dt = y.dtype();
