@@ -5,21 +5,14 @@
 //! `cargo bench --bench generate -- [--tokens N] [--runs R] [--prompt TEXT]`
 //! Prints one JSON line: per-run tokens/s of the decode phase, the median, and prefill time.
 
+mod common;
+use common::median;
+
 use std::time::Instant;
 
 use candle_core::Tensor;
 use tunelab::model::generate::{generate_ids, GenerationConfig};
 use tunelab::Pretrained;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
 
 fn main() -> tunelab::Result<()> {
     let args: Vec<String> = std::env::args().collect();

@@ -12,34 +12,18 @@
 //! runs after one warm-up, in ms; the plain and the LoRA model run alternately, and `overhead`
 //! is the median of the per-run ratios LoRA / plain.
 
+mod common;
+use common::median;
+
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use tunelab::peft::{get_peft_model_seeded, singular_values_of, LoraConfig, TargetModules};
 use tunelab::{Config, Llama};
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 /// Median milliseconds of `runs` calls after one warm-up call.
-fn time_ms(runs: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    median(
-        (0..runs)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed().as_secs_f64() * 1e3
-            })
-            .collect(),
-    )
+fn time_ms(runs: usize, f: impl FnMut()) -> f64 {
+    1e3 * common::time(runs, f)
 }
 
 /// Forward times (ms) of `plain` and `lora` on `ids`, alternating within each run so that load

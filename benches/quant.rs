@@ -6,36 +6,13 @@
 //! GB/s = bytes of the f32 weight / seconds (the dequantized output has that size; the packed
 //! input is 1/8 of it), as benches/peer_bnb_quant.py defines it.
 
-use std::time::Instant;
+mod common;
+use common::time;
 
 use candle_core::{DType, Device, Tensor};
 use tunelab::quant::nf4::{dequantize_4bit, dequantize_4bit_into, quantize_4bit};
 use tunelab::quant::{quantize_4bit_weight, FourBitConfig, QLinear};
 use tunelab::{Dense, LinearLayer};
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-/// Median seconds of `runs` calls after one warm-up call.
-fn time(runs: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    median(
-        (0..runs)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed().as_secs_f64()
-            })
-            .collect(),
-    )
-}
 
 fn main() -> tunelab::Result<()> {
     let args: Vec<String> = std::env::args().collect();
