@@ -15,16 +15,9 @@ use tunelab::model::generate::{generate_ids, GenerationConfig};
 use tunelab::Pretrained;
 
 fn main() -> tunelab::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    let tokens: usize = arg("--tokens").and_then(|s| s.parse().ok()).unwrap_or(64);
-    let runs: usize = arg("--runs").and_then(|s| s.parse().ok()).unwrap_or(5);
-    let prompt = arg("--prompt").unwrap_or_else(|| "The history of the Roman Empire".to_string());
+    let tokens: usize = common::arg("--tokens", 64);
+    let runs: usize = common::arg("--runs", 5);
+    let prompt: String = common::arg("--prompt", "The history of the Roman Empire".to_string());
     let path = tunelab::model::hub::fallback_gguf()?;
     let lm = Pretrained::load_path(&path, &Default::default())?;
     let ids = lm.tokenizer.encode(&prompt, false)?;

@@ -43,13 +43,7 @@ fn paired_ms(plain: &Llama, lora: &Llama, ids: &Tensor, runs: usize) -> (f64, f6
 }
 
 fn main() -> tunelab::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let runs: usize = args
-        .iter()
-        .position(|a| a == "--runs")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
+    let runs: usize = common::arg("--runs", 5);
     let dev = Device::Cpu;
     let cfg = Config::preset("smollm2-135m")?;
     // Two copies with the same weights: one stays plain, the other is wrapped and unwrapped.

@@ -15,13 +15,7 @@ use tunelab::quant::{quantize_4bit_weight, FourBitConfig, QLinear};
 use tunelab::{Dense, LinearLayer};
 
 fn main() -> tunelab::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let runs: usize = args
-        .iter()
-        .position(|a| a == "--runs")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(7);
+    let runs: usize = common::arg("--runs", 7);
     let dev = Device::Cpu;
     let mut rows = Vec::new();
     for (out, inp) in [(576usize, 1536usize), (1536, 576), (4096, 4096)] {

@@ -27,3 +27,13 @@ pub fn time(runs: usize, mut f: impl FnMut()) -> f64 {
             .collect(),
     )
 }
+
+/// The value after `--name` on the command line, parsed, or `default`.
+pub fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}

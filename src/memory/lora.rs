@@ -106,6 +106,17 @@ pub struct LoraEstimate {
     pub activations: Option<u64>,
 }
 
+/// peft's `print_trainable_parameters` line:
+/// `trainable params: 1,234 || all params: 5,678 || trainable%: 21.7324`.
+pub fn trainable_line(trainable: u64, all: u64) -> String {
+    format!(
+        "trainable params: {} || all params: {} || trainable%: {:.4}",
+        group_digits(trainable),
+        group_digits(all),
+        100.0 * trainable as f64 / all.max(1) as f64
+    )
+}
+
 /// LoRA/QLoRA memory for a Llama-shaped `config`:
 ///
 /// - trainable = Σ over targeted projections and layers of `r·(in + out)` ([`lora_params`]),
@@ -221,12 +232,7 @@ impl LoraEstimate {
 
     /// peft's `print_trainable_parameters` line.
     pub fn trainable_summary(&self) -> String {
-        format!(
-            "trainable params: {} || all params: {} || trainable%: {:.4}",
-            group_digits(self.trainable_params),
-            group_digits(self.all_params()),
-            self.trainable_percent()
-        )
+        trainable_line(self.trainable_params, self.all_params())
     }
 
     /// All bytes, activations included when given.

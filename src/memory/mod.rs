@@ -29,7 +29,8 @@ mod summary;
 mod training;
 
 pub use lora::{
-    dense_params, lora_estimate, lora_params, LoraEstimate, LoraModuleRow, LORA_TARGETS,
+    dense_params, lora_estimate, lora_params, trainable_line, LoraEstimate, LoraModuleRow,
+    LORA_TARGETS,
 };
 pub use precision::{
     inference_estimate, weights_bytes, InferenceEstimate, Precision, QuantConstants,

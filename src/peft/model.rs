@@ -43,14 +43,10 @@ impl TrainableParameters {
 impl std::fmt::Display for TrainableParameters {
     /// `trainable params: 1,234 || all params: 5,678 || trainable%: 21.7324`
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let g = |n: usize| crate::memory::group_digits(n as u64);
-        write!(
-            f,
-            "trainable params: {} || all params: {} || trainable%: {:.4}",
-            g(self.trainable),
-            g(self.all),
-            self.percent()
-        )
+        f.write_str(&crate::memory::trainable_line(
+            self.trainable as u64,
+            self.all as u64,
+        ))
     }
 }
 
@@ -383,10 +379,5 @@ impl PeftModel {
                 })?;
         }
         Ok(self.model)
-    }
-
-    /// The adapter tensors' dtype (f32).
-    pub fn adapter_dtype(&self) -> DType {
-        DType::F32
     }
 }

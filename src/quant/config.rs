@@ -20,7 +20,7 @@ use super::ggml::GgmlWeight;
 use super::int8::quantize_int8;
 use super::nf4::{quantize_4bit_weight, FourBitConfig, FourBitType};
 use super::{QLinear, QuantizedWeight};
-use crate::model::linear::Linear;
+use crate::model::linear::{Linear, LinearLayer};
 use crate::model::llama::Llama;
 use crate::{Error, Result};
 
@@ -142,13 +142,11 @@ impl QuantConfig {
 
     /// Whether the module at `path` is left unquantized.
     pub fn skips(&self, path: &str) -> bool {
-        self.llm_int8_skip_modules.iter().any(|key| {
-            path == key
-                || path.split('.').any(|c| c == key)
-                || path.starts_with(&format!("{key}."))
-                || path.ends_with(&format!(".{key}"))
-                || path.contains(&format!(".{key}."))
-        })
+        // A key matches whole dotted components: `.path.` contains `.key.`.
+        let path = format!(".{path}.");
+        self.llm_int8_skip_modules
+            .iter()
+            .any(|key| path.contains(&format!(".{key}.")))
     }
 }
 
@@ -257,7 +255,7 @@ pub fn quantize_model_with(
         let bias = layer.bias().cloned();
         let q = QLinear::from_box(scheme.quantize(&w, &path)?, bias, compute)?;
         summary.bytes_before += before;
-        summary.bytes_after += q.storage_bytes_total();
+        summary.bytes_after += LinearLayer::storage_bytes(&q);
         model.replace_linear(&path, Linear::new(q))?;
         summary.quantized.push(path);
     }

@@ -103,11 +103,6 @@ impl QLinear {
         self.weight.as_any().downcast_ref::<T>()
     }
 
-    /// Bytes of the codes, constants and bias.
-    pub fn storage_bytes_total(&self) -> usize {
-        LinearLayer::storage_bytes(self)
-    }
-
     /// The dtype forward computes in.
     pub fn compute_dtype(&self) -> DType {
         self.compute_dtype
