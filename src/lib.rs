@@ -6,12 +6,14 @@
 //! quantization and PEFT replace layers.
 #![warn(missing_docs)]
 
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod memory;
 pub mod model;
 pub mod peft;
 pub mod quant;
+pub mod train;
 pub mod viz;
 
 pub use error::{Error, Result};

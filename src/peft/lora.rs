@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device, Tensor, Var};
 
 use crate::model::linear::{linear_forward, Dense, Linear, LinearLayer};
+use crate::peft::dropout::{dropout_key, DropoutRng};
 use crate::{Error, Result};
 
 /// One adapter of a layer: A, B and its scaling.
@@ -73,6 +74,9 @@ pub struct LoraLayer {
     training: bool,
     /// DoRA: the row norm of W + ΔW at merge time, to unmerge exactly.
     merge_norms: BTreeMap<String, Tensor>,
+    /// Seeded dropout masks and this layer's key (its module path); `None` draws from
+    /// candle's unseeded generator.
+    dropout_rng: Option<(DropoutRng, String)>,
 }
 
 impl LoraLayer {
@@ -86,6 +90,7 @@ impl LoraLayer {
             disabled: false,
             training: false,
             merge_norms: BTreeMap::new(),
+            dropout_rng: None,
         }
     }
 
@@ -163,6 +168,12 @@ impl LoraLayer {
     /// Training mode: dropout on the adapters' input.
     pub fn set_training(&mut self, training: bool) {
         self.training = training;
+    }
+
+    /// Draws dropout masks from `rng` with keys from this layer's module `path` and the adapter
+    /// name, so that a run is reproducible and resumable (see [`DropoutRng`]).
+    pub fn set_dropout_rng(&mut self, rng: DropoutRng, path: &str) {
+        self.dropout_rng = Some((rng, path.to_string()));
     }
 
     /// Removes the adapter `name` (unmerging it first if merged) and returns it.
@@ -273,6 +284,7 @@ impl LoraLayer {
             disabled: false,
             training: false,
             merge_norms: BTreeMap::new(),
+            dropout_rng: None,
         };
         copy.merge(false)?;
         let merged = copy.base.dense_weight()?.to_dtype(DType::F32)?;
@@ -301,7 +313,10 @@ impl LinearLayer for LoraLayer {
             let a = &self.adapters[name];
             let mut h = x.to_dtype(DType::F32)?;
             if self.training && a.dropout > 0.0 {
-                h = candle_nn::ops::dropout(&h, a.dropout as f32)?;
+                h = match &self.dropout_rng {
+                    Some((rng, path)) => rng.dropout(&h, a.dropout, dropout_key(path, name))?,
+                    None => candle_nn::ops::dropout(&h, a.dropout as f32)?,
+                };
             }
             // Scale the r-wide intermediate, not the [.., out] result: one pass less.
             let xa = (linear_forward(&h, a.lora_a.as_tensor(), None)? * a.scaling)?;

@@ -12,6 +12,7 @@ use super::config::{InitLoraWeights, LoraConfig};
 use super::lora::{row_norm, LoraAdapter, LoraLayer};
 use crate::model::linear::Linear;
 use crate::model::llama::Llama;
+use crate::peft::dropout::DropoutRng;
 use crate::{Error, Result};
 
 /// A model with LoRA adapters (peft's `PeftModel`).
@@ -325,6 +326,16 @@ impl PeftModel {
             l.set_training(training);
         }
         Ok(())
+    }
+
+    /// Makes every LoRA layer draw its dropout masks from `rng` (keyed by module path), so
+    /// training is reproducible from a seed and resumable: see [`DropoutRng`].
+    pub fn set_dropout_rng(&mut self, rng: &DropoutRng) {
+        for (path, l) in self.model.linears_mut() {
+            if let Some(l) = l.downcast_mut::<LoraLayer>() {
+                l.set_dropout_rng(rng.clone(), &path);
+            }
+        }
     }
 
     /// peft's `get_nb_trainable_parameters`.

@@ -1,0 +1,1 @@
+//! Supervised fine-tuning: the trainer that runs cell by cell.
