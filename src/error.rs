@@ -65,6 +65,11 @@ pub enum Error {
     #[error("chat template: {0}")]
     Template(String),
 
+    /// Training had to stop (a NaN or infinite loss or gradient norm); says at which step and
+    /// which checkpoint is the last good one.
+    #[error("training stopped: {0}")]
+    Training(String),
+
     /// An error from candle (tensor ops).
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
