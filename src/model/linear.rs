@@ -190,6 +190,9 @@ impl Dense {
 
 /// `x·Wᵀ (+ b)` for `x` of rank 2 or 3 (or more), as candle-nn's `Linear` does it: the 3-D case
 /// broadcasts `Wᵀ` over the batch so that the matmul stays one batched GEMM.
+///
+/// When `x` is part of an autograd graph and `W` is not trainable (a frozen base weight under
+/// LoRA), the backward pass computes only the input gradient (see [`super::frozen`]).
 pub fn linear_forward(
     x: &Tensor,
     weight: &Tensor,
@@ -200,7 +203,12 @@ pub fn linear_forward(
         [bsize, _, _] => weight.broadcast_left(bsize)?.t()?,
         _ => weight.t()?,
     };
-    let y = x.matmul(&w)?;
+    let y = if x.track_op() && !weight.track_op() {
+        let y = x.detach().matmul(&w)?;
+        super::frozen::attach_frozen(x, weight, &y)?.map_or_else(|| x.matmul(&w), Ok)?
+    } else {
+        x.matmul(&w)?
+    };
     match bias {
         None => Ok(y),
         Some(b) => y.broadcast_add(b),

@@ -430,6 +430,7 @@ impl FourBitWeight {
         let (out_f, in_f) = (self.state.shape[0], self.state.shape[1]);
         let rows = x.elem_count() / in_f.max(1);
         if x.rank() == 0
+            || x.track_op() // training: the dequantized path carries the input gradient
             || !x.device().is_cpu()
             || x.dtype() != DType::F32
             || rows > super::gemv4::MAX_ROWS

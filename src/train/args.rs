@@ -193,7 +193,9 @@ impl TrainingArgs {
         if self.max_steps == Some(0) {
             return bad("max_steps", "must be at least 1 (or unset)".into());
         }
-        if self.max_steps.is_none() && !(self.num_train_epochs > 0.0) {
+        if self.max_steps.is_none()
+            && self.num_train_epochs.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+        {
             return bad(
                 "num_train_epochs",
                 format!(
@@ -208,7 +210,7 @@ impl TrainingArgs {
                 format!("must be finite and ≥ 0, found {}", self.learning_rate),
             );
         }
-        if !(self.weight_decay >= 0.0) {
+        if self.weight_decay.is_nan() || self.weight_decay < 0.0 {
             return bad(
                 "weight_decay",
                 format!("must be ≥ 0, found {}", self.weight_decay),
@@ -222,7 +224,7 @@ impl TrainingArgs {
                 return bad(field, format!("must be in [0, 1), found {b}"));
             }
         }
-        if !(self.adam_epsilon > 0.0) {
+        if self.adam_epsilon.is_nan() || self.adam_epsilon <= 0.0 {
             return bad(
                 "adam_epsilon",
                 format!("must be > 0, found {}", self.adam_epsilon),
@@ -234,7 +236,7 @@ impl TrainingArgs {
                 format!("must be in [0, 1], found {}", self.warmup_ratio),
             );
         }
-        if !(self.max_grad_norm >= 0.0) {
+        if self.max_grad_norm.is_nan() || self.max_grad_norm < 0.0 {
             return bad(
                 "max_grad_norm",
                 format!(

@@ -25,8 +25,7 @@ pub fn shifted_targets(labels: &[Vec<i64>]) -> Result<(Vec<u32>, Vec<u32>)> {
     let mut targets = Vec::new();
     for (b, row) in labels.iter().enumerate() {
         let t_len = row.len();
-        for t in 1..t_len {
-            let l = row[t];
+        for (t, &l) in row.iter().enumerate().skip(1) {
             if l == IGNORE_INDEX {
                 continue;
             }

@@ -13,6 +13,7 @@
 //! | `checkpoint.rs` | atomic checkpoints and exact resume |
 //! | `history.rs` | per-step log and the loss plot |
 //! | `trainable.rs`, `full.rs` | what can be trained: a [`PeftModel`](crate::peft::PeftModel) or [`FullFineTune`] |
+//! | `sft.rs` | records → chat template → labelled batches → trainer, as trl's `SFTTrainer` |
 //! | `progress.rs` | a terminal bar, or a line every `logging_steps` in notebooks |
 
 pub mod args;
@@ -23,6 +24,7 @@ pub mod loss;
 pub mod optim;
 mod progress;
 pub mod schedule;
+pub mod sft;
 pub mod trainable;
 pub mod trainer;
 
@@ -33,5 +35,6 @@ pub use history::{EvalLog, History, StepLog};
 pub use loss::{causal_lm_loss, IGNORE_INDEX};
 pub use optim::{clip_grad_norm, AdamW, AdamWConfig};
 pub use schedule::LrSchedule;
+pub use sft::{batch_config, sft_batcher, SftReport};
 pub use trainable::Trainable;
 pub use trainer::{TrainOutput, Trainer};

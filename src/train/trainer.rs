@@ -70,6 +70,9 @@ impl std::fmt::Display for TrainOutput {
     }
 }
 
+/// Gradients by parameter name (`None`: no gradient reached it).
+pub type NamedGradients = Vec<(String, Option<Tensor>)>;
+
 /// Gradients and numbers of one optimizer step's micro-batches.
 struct Accumulated {
     grads: Vec<Option<Tensor>>,
@@ -386,7 +389,7 @@ impl<M: Trainable> Trainer<M> {
 
     /// The loss and the (unclipped) gradients of the next optimizer step, by parameter name,
     /// without taking the step: for checking slide 35's formulas or gradient accumulation.
-    pub fn next_step_gradients(&mut self) -> Result<(f64, Vec<(String, Option<Tensor>)>)> {
+    pub fn next_step_gradients(&mut self) -> Result<(f64, NamedGradients)> {
         let micro = self.next_micro_batches()?;
         let acc = self.accumulate(&micro, self.state.global_step)?;
         let names = self.optimizer.vars().iter().map(|(n, _)| n.clone());
