@@ -36,10 +36,13 @@ impl Svg {
         &self.0
     }
 
-    /// Writes the SVG to `path` (through a temporary file, so a failed write leaves nothing
-    /// half-written).
+    /// Writes the SVG to `path`, creating its directory (through a temporary file, so a failed
+    /// write leaves nothing half-written).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
         crate::model::load::write_atomic(path, |tmp| {
             std::fs::write(tmp, self.0.as_bytes()).map_err(|e| Error::io(tmp, e))
         })
