@@ -215,7 +215,7 @@ pub fn lora_gradients(
 
 /// The columns of a 2-D tensor in f64 on the host: `(rows, columns)`. Errors on NaN or ∞,
 /// naming the tensor.
-fn host_columns(t: &Tensor, name: &str) -> Result<(usize, Vec<Vec<f64>>)> {
+pub(crate) fn host_columns(t: &Tensor, name: &str) -> Result<(usize, Vec<Vec<f64>>)> {
     let rows = t.dims2()?.0;
     let cols: Vec<Vec<f64>> = t.t()?.to_dtype(DType::F64)?.to_vec2()?;
     if cols.iter().flatten().any(|v| !v.is_finite()) {
@@ -228,7 +228,7 @@ fn host_columns(t: &Tensor, name: &str) -> Result<(usize, Vec<Vec<f64>>)> {
 
 /// R of the thin QR of an m×n matrix given by its columns (Householder reflections), as its n
 /// columns of length min(m, n); R is upper triangular (trapezoidal when m < n).
-fn householder_r(mut cols: Vec<Vec<f64>>, m: usize) -> Vec<Vec<f64>> {
+pub(crate) fn householder_r(mut cols: Vec<Vec<f64>>, m: usize) -> Vec<Vec<f64>> {
     let p = m.min(cols.len());
     for j in 0..p {
         let norm = cols[j][j..].iter().map(|v| v * v).sum::<f64>().sqrt();
@@ -277,17 +277,41 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 /// orthogonal to working precision; the column norms are then the singular values, returned
 /// descending. Each rotation zeroes `g_p·g_q` with the angle of the symmetric 2×2 Jacobi step
 /// on `[[‖g_p‖², g_p·g_q], [g_p·g_q, ‖g_q‖²]]`.
-fn jacobi_singular_values(mut g: Vec<Vec<f64>>) -> Vec<f64> {
+fn jacobi_singular_values(g: Vec<Vec<f64>>) -> Vec<f64> {
+    let (g, _) = jacobi_rotate(g, false);
+    let mut sv: Vec<f64> = g.iter().map(|c| dot(c, c).sqrt()).collect();
+    sv.sort_by(|a, b| b.total_cmp(a));
+    sv
+}
+
+/// The rotations of [`jacobi_singular_values`] on the n columns `g` of a matrix G, returning
+/// the rotated columns G·V (column i = σ_i·u_i, unsorted) and, with `with_v`, the n columns of
+/// the accumulated rotation V (G = U·Σ·Vᵀ; empty otherwise). PiSSA uses V.
+pub(crate) fn jacobi_rotate(mut g: Vec<Vec<f64>>, with_v: bool) -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
     const TOL: f64 = 1e-15;
     const MAX_SWEEPS: usize = 60;
     let n = g.len();
+    let mut v: Vec<Vec<f64>> = if with_v {
+        (0..n)
+            .map(|i| (0..n).map(|j| f64::from(u8::from(i == j))).collect())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let rotate = |cols: &mut [Vec<f64>], p: usize, q: usize, c: f64, s: f64| {
+        let (lo, hi) = cols.split_at_mut(q);
+        for (x, y) in lo[p].iter_mut().zip(hi[0].iter_mut()) {
+            let (xp, yq) = (*x, *y);
+            *x = c * xp - s * yq;
+            *y = s * xp + c * yq;
+        }
+    };
     for _ in 0..MAX_SWEEPS {
         let mut rotated = false;
         for p in 0..n {
             for q in p + 1..n {
-                let (lo, hi) = g.split_at_mut(q);
-                let (gp, gq) = (&mut lo[p], &mut hi[0]);
-                let (alpha, beta, gamma) = (dot(gp, gp), dot(gq, gq), dot(gp, gq));
+                let (alpha, beta, gamma) =
+                    (dot(&g[p], &g[p]), dot(&g[q], &g[q]), dot(&g[p], &g[q]));
                 if gamma.abs() <= TOL * (alpha * beta).sqrt() || gamma == 0.0 {
                     continue;
                 }
@@ -296,10 +320,9 @@ fn jacobi_singular_values(mut g: Vec<Vec<f64>>) -> Vec<f64> {
                 let t = zeta.signum() / (zeta.abs() + 1f64.hypot(zeta));
                 let c = 1.0 / 1f64.hypot(t);
                 let s = c * t;
-                for (x, y) in gp.iter_mut().zip(gq.iter_mut()) {
-                    let (xp, yq) = (*x, *y);
-                    *x = c * xp - s * yq;
-                    *y = s * xp + c * yq;
+                rotate(&mut g, p, q, c, s);
+                if with_v {
+                    rotate(&mut v, p, q, c, s);
                 }
             }
         }
@@ -307,9 +330,7 @@ fn jacobi_singular_values(mut g: Vec<Vec<f64>>) -> Vec<f64> {
             break;
         }
     }
-    let mut sv: Vec<f64> = g.iter().map(|c| dot(c, c).sqrt()).collect();
-    sv.sort_by(|a, b| b.total_cmp(a));
-    sv
+    (g, v)
 }
 
 #[cfg(test)]

@@ -74,20 +74,82 @@ pub enum LoraBias {
     LoraOnly,
 }
 
-/// How the adapters start (`init_lora_weights`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// How the adapters start (`init_lora_weights`). In JSON as peft writes it: `true`, `false`,
+/// `"gaussian"`, `"pissa"`, `"pissa_niter_4"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum InitLoraWeights {
     /// peft's default (`True`): A ~ kaiming-uniform with a = √5, i.e. U(−1/√in, 1/√in); B = 0,
     /// so the adapted model starts equal to the base.
     #[default]
-    #[serde(rename = "true")]
     Default,
     /// A ~ N(0, 1/r²), B = 0.
-    #[serde(rename = "gaussian")]
     Gaussian,
     /// A and B both random (`False`): the adapted model differs from the base at once (tests).
-    #[serde(rename = "false")]
     Random,
+    /// PiSSA (Meng et al. 2024): A and B from the r largest singular triplets of W, and the base
+    /// becomes the residual `W − s·B·A` (see [`crate::peft::pissa`]). Dense bases only.
+    Pissa,
+    /// PiSSA with a randomized SVD of N subspace iterations (`"pissa_niter_N"`): fast on large
+    /// weights, approximate where the spectrum is flat.
+    PissaNiter(usize),
+}
+
+impl InitLoraWeights {
+    /// peft's JSON value.
+    pub fn to_json(self) -> serde_json::Value {
+        match self {
+            InitLoraWeights::Default => true.into(),
+            InitLoraWeights::Random => false.into(),
+            InitLoraWeights::Gaussian => "gaussian".into(),
+            InitLoraWeights::Pissa => "pissa".into(),
+            InitLoraWeights::PissaNiter(n) => format!("pissa_niter_{n}").into(),
+        }
+    }
+
+    /// From peft's JSON value (`true`, `false` or a name; `"true"`/`"false"` also accepted).
+    pub fn from_json(v: &serde_json::Value) -> std::result::Result<Self, String> {
+        let bad = || {
+            format!(
+                "{v} is not supported (true, false, \"gaussian\", \"pissa\", \"pissa_niter_N\")"
+            )
+        };
+        Ok(match v {
+            serde_json::Value::Bool(true) => InitLoraWeights::Default,
+            serde_json::Value::Bool(false) => InitLoraWeights::Random,
+            serde_json::Value::String(s) => match s.as_str() {
+                "true" => InitLoraWeights::Default,
+                "false" => InitLoraWeights::Random,
+                "gaussian" => InitLoraWeights::Gaussian,
+                "pissa" => InitLoraWeights::Pissa,
+                s => match s.strip_prefix("pissa_niter_").map(str::parse::<usize>) {
+                    Some(Ok(n)) => InitLoraWeights::PissaNiter(n),
+                    _ => return Err(bad()),
+                },
+            },
+            _ => return Err(bad()),
+        })
+    }
+
+    /// PiSSA, exact or randomized.
+    pub fn is_pissa(self) -> bool {
+        matches!(
+            self,
+            InitLoraWeights::Pissa | InitLoraWeights::PissaNiter(_)
+        )
+    }
+}
+
+impl Serialize for InitLoraWeights {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.to_json().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for InitLoraWeights {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        Self::from_json(&v).map_err(serde::de::Error::custom)
+    }
 }
 
 /// peft's `LoraConfig` for causal language models.
@@ -110,8 +172,14 @@ pub struct LoraConfig {
     pub init_lora_weights: InitLoraWeights,
     /// Only these layer indices get adapters (`None`: all).
     pub layers_to_transform: Option<Vec<usize>>,
-    /// Extra modules trained in full and saved with the adapter.
+    /// Extra modules trained in full and saved with the adapter (peft's `ModulesToSaveWrapper`):
+    /// a name matches every module whose path ends with it (`"lm_head"`, `"embed_tokens"`,
+    /// `"norm"` = every RMSNorm). See [`crate::peft::modules_to_save`].
     pub modules_to_save: Option<Vec<String>>,
+    /// With tied embeddings and `lm_head` or `embed_tokens` in `modules_to_save`: one trainable
+    /// copy shared by both (`true`), or an untied copy of the named one only (`false`, peft's
+    /// default, with a warning).
+    pub ensure_weight_tying: bool,
     /// Per-module rank overrides: key (a module name or a regex on the path) → r.
     pub rank_pattern: BTreeMap<String, usize>,
     /// Per-module α overrides: key → α.
@@ -132,6 +200,7 @@ impl Default for LoraConfig {
             init_lora_weights: InitLoraWeights::Default,
             layers_to_transform: None,
             modules_to_save: None,
+            ensure_weight_tying: false,
             rank_pattern: BTreeMap::new(),
             alpha_pattern: BTreeMap::new(),
             use_dora: false,
@@ -185,19 +254,26 @@ impl LoraConfig {
                 format!("rank for `{k}` must be at least 1, got 0"),
             ));
         }
-        if self.bias != LoraBias::None {
+        if let Some(m) = &self.modules_to_save {
+            if let Some(bad) = m.iter().find(|n| n.is_empty() || n.starts_with('.')) {
+                return Err(Error::config(
+                    "modules_to_save",
+                    format!("`{bad}` is not a module name (like \"lm_head\" or \"embed_tokens\")"),
+                ));
+            }
+        }
+        if let InitLoraWeights::PissaNiter(0) = self.init_lora_weights {
             return Err(Error::config(
-                "bias",
-                format!(
-                    "{:?} is not supported yet: base biases are frozen tensors here; use \"none\"",
-                    self.bias
-                ),
+                "init_lora_weights",
+                "\"pissa_niter_0\": the number of subspace iterations must be at least 1 \
+                 (or use \"pissa\" for the exact SVD)",
             ));
         }
-        if self.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()) {
+        if self.init_lora_weights.is_pissa() && self.use_dora {
             return Err(Error::config(
-                "modules_to_save",
-                "training whole extra modules is not supported yet",
+                "init_lora_weights",
+                "PiSSA with use_dora is not supported: DoRA's magnitude would be taken from the \
+                 residual weight; use one of them",
             ));
         }
         Ok(())

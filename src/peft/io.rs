@@ -4,17 +4,23 @@
 //!
 //! Tensor names are the module path under `base_model.model.` with the adapter name stripped:
 //! `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight` (`[r, in]`) and
-//! `....lora_B.weight` (`[out, r]`), and for DoRA `....lora_magnitude_vector` (`[out]`), float32.
-//! Fields of `adapter_config.json` that tunelab does
-//! not use are kept in [`AdapterConfig::extra`] and written back.
+//! `....lora_B.weight` (`[out, r]`), and for DoRA `....lora_magnitude_vector` (`[out]`), float32;
+//! trained biases as `....q_proj.base_layer.bias` (an adapted layer) or `....k_proj.bias`, and
+//! `modules_to_save` copies as `base_model.model.lm_head.weight`, in the model's dtype.
+//! Fields of `adapter_config.json` that tunelab does not use are kept in
+//! [`AdapterConfig::extra`] and written back.
+//!
+//! Loading puts the adapters in evaluation mode (peft's `is_trainable=False`): call
+//! `set_training(true)` (the trainer does) before training a loaded adapter.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use candle_core::DType;
-use serde_json::{json, Map, Value};
+use candle_core::{DType, Tensor, Var};
+use serde_json::Map;
 
-use super::config::{InitLoraWeights, LoraBias, LoraConfig, TargetModules};
+pub use super::adapter_config::AdapterConfig;
+use super::bias::bias_key;
 use super::lora::LoraLayer;
 use super::model::{get_peft_model_seeded, PeftModel};
 use crate::model::llama::Llama;
@@ -25,221 +31,6 @@ use crate::{Error, Result};
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 /// The weights file's name.
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
-
-/// `adapter_config.json`: the LoRA config and every other field as found.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AdapterConfig {
-    /// The fields tunelab uses.
-    pub lora: LoraConfig,
-    /// `base_model_name_or_path`, if given.
-    pub base_model_name_or_path: Option<String>,
-    /// Every other field, kept so that saving again loses nothing.
-    pub extra: Map<String, Value>,
-}
-
-fn field_err(path: &Path, field: &str, msg: impl std::fmt::Display) -> Error {
-    Error::format(path, format!("field `{field}`: {msg}"))
-}
-
-impl AdapterConfig {
-    /// Parses peft's JSON. Errors name the file and the field; a `peft_type` other than LORA
-    /// is an error.
-    pub fn from_json(text: &str, path: &Path) -> Result<Self> {
-        let mut obj: Map<String, Value> = match serde_json::from_str(text) {
-            Ok(Value::Object(o)) => o,
-            Ok(_) => return Err(Error::format(path, "expected a JSON object")),
-            Err(e) => return Err(Error::format(path, format!("not valid JSON: {e}"))),
-        };
-        let mut take = |k: &str| obj.remove(k).filter(|v| !v.is_null());
-        if let Some(t) = take("peft_type") {
-            if t != "LORA" {
-                return Err(field_err(
-                    path,
-                    "peft_type",
-                    format!("{t} is not supported; expected \"LORA\""),
-                ));
-            }
-        }
-        let mut lora = LoraConfig::default();
-        let uint = |v: Value, f: &str| {
-            v.as_u64().map(|x| x as usize).ok_or_else(|| {
-                field_err(
-                    path,
-                    f,
-                    format!("expected a non-negative integer, found {v}"),
-                )
-            })
-        };
-        let num = |v: Value, f: &str| {
-            v.as_f64()
-                .ok_or_else(|| field_err(path, f, format!("expected a number, found {v}")))
-        };
-        if let Some(v) = take("r") {
-            lora.r = uint(v, "r")?;
-        }
-        if let Some(v) = take("lora_alpha") {
-            lora.lora_alpha = num(v, "lora_alpha")?;
-        }
-        if let Some(v) = take("lora_dropout") {
-            lora.lora_dropout = num(v, "lora_dropout")?;
-        }
-        if let Some(v) = take("use_rslora") {
-            lora.use_rslora = v
-                .as_bool()
-                .ok_or_else(|| field_err(path, "use_rslora", "expected true or false"))?;
-        }
-        if let Some(v) = take("use_dora") {
-            lora.use_dora = v
-                .as_bool()
-                .ok_or_else(|| field_err(path, "use_dora", "expected true or false"))?;
-        }
-        if let Some(v) = take("target_modules") {
-            lora.target_modules = match v {
-                Value::String(s) => TargetModules::Pattern(s),
-                Value::Array(a) => TargetModules::Names(
-                    a.into_iter()
-                        .map(|x| {
-                            x.as_str().map(str::to_string).ok_or_else(|| {
-                                field_err(
-                                    path,
-                                    "target_modules",
-                                    format!("expected names, found {x}"),
-                                )
-                            })
-                        })
-                        .collect::<Result<_>>()?,
-                ),
-                other => {
-                    return Err(field_err(
-                        path,
-                        "target_modules",
-                        format!("expected a list or a string, found {other}"),
-                    ))
-                }
-            };
-        }
-        if let Some(v) = take("bias") {
-            lora.bias = serde_json::from_value::<LoraBias>(v.clone()).map_err(|_| {
-                field_err(
-                    path,
-                    "bias",
-                    format!("expected \"none\", \"all\" or \"lora_only\", found {v}"),
-                )
-            })?;
-        }
-        if let Some(v) = take("init_lora_weights") {
-            lora.init_lora_weights = match &v {
-                Value::Bool(true) => InitLoraWeights::Default,
-                Value::Bool(false) => InitLoraWeights::Random,
-                Value::String(s) if s == "gaussian" => InitLoraWeights::Gaussian,
-                _ => {
-                    return Err(field_err(
-                        path,
-                        "init_lora_weights",
-                        format!("{v} is not supported (true, false, \"gaussian\")"),
-                    ))
-                }
-            };
-        }
-        if let Some(v) = take("layers_to_transform") {
-            lora.layers_to_transform = Some(match v {
-                Value::Number(_) => vec![uint(v, "layers_to_transform")?],
-                Value::Array(a) => a
-                    .into_iter()
-                    .map(|x| uint(x, "layers_to_transform"))
-                    .collect::<Result<_>>()?,
-                other => {
-                    return Err(field_err(
-                        path,
-                        "layers_to_transform",
-                        format!("expected a layer index or a list, found {other}"),
-                    ))
-                }
-            });
-        }
-        if let Some(v) = take("modules_to_save") {
-            lora.modules_to_save = Some(serde_json::from_value(v.clone()).map_err(|_| {
-                field_err(
-                    path,
-                    "modules_to_save",
-                    format!("expected a list of names, found {v}"),
-                )
-            })?);
-        }
-        for (field, slot) in [("rank_pattern", true), ("alpha_pattern", false)] {
-            if let Some(v) = take(field) {
-                let m = v
-                    .as_object()
-                    .ok_or_else(|| field_err(path, field, "expected an object"))?;
-                for (k, x) in m {
-                    if slot {
-                        lora.rank_pattern.insert(k.clone(), uint(x.clone(), field)?);
-                    } else {
-                        lora.alpha_pattern.insert(k.clone(), num(x.clone(), field)?);
-                    }
-                }
-            }
-        }
-        let base = take("base_model_name_or_path").and_then(|v| v.as_str().map(str::to_string));
-        Ok(Self {
-            lora,
-            base_model_name_or_path: base,
-            extra: obj,
-        })
-    }
-
-    /// peft's JSON: the LoRA fields, `peft_type` and `task_type`, and every kept field.
-    pub fn to_json(&self) -> Value {
-        let l = &self.lora;
-        let mut obj = self.extra.clone();
-        let target = match &l.target_modules {
-            TargetModules::Names(n) => json!(n),
-            TargetModules::Pattern(p) => json!(p),
-        };
-        let init = match l.init_lora_weights {
-            InitLoraWeights::Default => json!(true),
-            InitLoraWeights::Random => json!(false),
-            InitLoraWeights::Gaussian => json!("gaussian"),
-        };
-        for (k, v) in [
-            ("peft_type", json!("LORA")),
-            (
-                "task_type",
-                obj.get("task_type").cloned().unwrap_or(json!("CAUSAL_LM")),
-            ),
-            ("r", json!(l.r)),
-            ("lora_alpha", json!(l.lora_alpha)),
-            ("lora_dropout", json!(l.lora_dropout)),
-            ("target_modules", target),
-            (
-                "bias",
-                serde_json::to_value(l.bias).expect("an enum of names"),
-            ),
-            ("use_rslora", json!(l.use_rslora)),
-            ("use_dora", json!(l.use_dora)),
-            ("init_lora_weights", init),
-            ("layers_to_transform", json!(l.layers_to_transform)),
-            ("modules_to_save", json!(l.modules_to_save)),
-            ("rank_pattern", json!(l.rank_pattern)),
-            ("alpha_pattern", json!(l.alpha_pattern)),
-            (
-                "base_model_name_or_path",
-                json!(self.base_model_name_or_path),
-            ),
-            (
-                "fan_in_fan_out",
-                obj.get("fan_in_fan_out").cloned().unwrap_or(json!(false)),
-            ),
-            (
-                "inference_mode",
-                obj.get("inference_mode").cloned().unwrap_or(json!(true)),
-            ),
-        ] {
-            obj.insert(k.to_string(), v);
-        }
-        Value::Object(obj)
-    }
-}
 
 fn tensor_name(path: &str, which: &str) -> String {
     format!("base_model.model.{path}.{which}.weight")
@@ -267,7 +58,12 @@ pub fn save_adapter_with(
     adapter: &str,
     config: &AdapterConfig,
 ) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    write_adapter(dir, &adapter_tensors(peft, adapter)?, config)
+}
+
+/// The tensors of the adapter `adapter` under the names peft saves them with: A, B (DoRA's m)
+/// in f32, trained biases and `modules_to_save` copies in their dtype.
+pub fn adapter_tensors(peft: &PeftModel, adapter: &str) -> Result<BTreeMap<String, Tensor>> {
     let mut tensors = BTreeMap::new();
     for (path, l) in peft.lora_layers() {
         if let Some(a) = l.adapters().get(adapter) {
@@ -290,7 +86,45 @@ pub fn save_adapter_with(
             "no layer has an adapter named `{adapter}`"
         )));
     }
-    save_safetensors(&tensors, &dir.join(ADAPTER_WEIGHTS))?;
+    for (key, var) in extra_slots(peft, adapter)? {
+        tensors.insert(key, var.as_tensor().detach());
+    }
+    Ok(tensors)
+}
+
+/// The biases and module copies of `adapter`, by their keys in the adapter file.
+fn extra_slots(peft: &PeftModel, adapter: &str) -> Result<Vec<(String, Var)>> {
+    let mut out = Vec::new();
+    for (path, b) in peft.trained_biases() {
+        if b.adapters.iter().any(|a| a == adapter) {
+            let adapted = peft
+                .model
+                .linear(path)?
+                .downcast_ref::<LoraLayer>()
+                .is_some();
+            out.push((bias_key(path, adapted), b.var.clone()));
+        }
+    }
+    for c in peft.modules_to_save(adapter) {
+        out.push((
+            format!("base_model.model.{}.weight", c.path),
+            c.weight.clone(),
+        ));
+        if let Some(b) = &c.bias {
+            out.push((format!("base_model.model.{}.bias", c.path), b.clone()));
+        }
+    }
+    Ok(out)
+}
+
+/// Writes `tensors` and `config` into `dir` (created if needed) in PEFT's format.
+pub fn write_adapter(
+    dir: &Path,
+    tensors: &BTreeMap<String, Tensor>,
+    config: &AdapterConfig,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    save_safetensors(tensors, &dir.join(ADAPTER_WEIGHTS))?;
     let text = serde_json::to_string_pretty(&config.to_json()).expect("JSON values serialize");
     let path = dir.join(ADAPTER_CONFIG);
     write_atomic(&path, |tmp| {
@@ -314,6 +148,7 @@ pub fn load_adapter(model: Llama, dir: impl AsRef<Path>) -> Result<PeftModel> {
     let config = read_adapter_config(dir)?;
     let mut peft = get_peft_model_seeded(model, &config.lora, 0)?;
     fill_adapter(&mut peft, dir, "default")?;
+    peft.set_training(false)?;
     Ok(peft)
 }
 
@@ -322,42 +157,47 @@ pub fn load_adapter_into(peft: &mut PeftModel, dir: impl AsRef<Path>, name: &str
     let dir = dir.as_ref();
     let config = read_adapter_config(dir)?;
     peft.add_adapter_seeded(name, &config.lora, 0)?;
-    fill_adapter(peft, dir, name)
+    fill_adapter(peft, dir, name)?;
+    peft.set_training(false)
 }
 
 fn fill_adapter(peft: &mut PeftModel, dir: &Path, name: &str) -> Result<()> {
     let file = dir.join(ADAPTER_WEIGHTS);
     let mut tensors = candle_core::safetensors::load(&file, peft.model.device())
         .map_err(|e| Error::format(&file, format!("cannot read safetensors: {e}")))?;
-    let layers: Vec<(String, &LoraLayer)> = peft.lora_layers();
-    for (path, l) in &layers {
-        let a = l.adapter(name)?;
-        let mut slots = vec![
-            (tensor_name(path, "lora_A"), &a.lora_a),
-            (tensor_name(path, "lora_B"), &a.lora_b),
-        ];
+    let mut slots: Vec<(String, String, Var)> = Vec::new(); // (key, module path, var)
+    for (path, l) in peft.lora_layers() {
+        let Some(a) = l.adapters().get(name) else {
+            continue;
+        };
+        slots.push((tensor_name(&path, "lora_A"), path.clone(), a.lora_a.clone()));
+        slots.push((tensor_name(&path, "lora_B"), path.clone(), a.lora_b.clone()));
         if let Some(m) = &a.magnitude {
-            slots.push((magnitude_name(path), m));
+            slots.push((magnitude_name(&path), path.clone(), m.clone()));
         }
-        for (key, var) in slots {
-            let t = tensors.remove(&key).ok_or_else(|| {
-                Error::format(
-                    &file,
-                    format!("tensor `{key}` is missing; the config targets `{path}`"),
-                )
-            })?;
-            if t.dims() != var.dims() {
-                return Err(Error::format(
-                    &file,
-                    format!(
-                        "tensor `{key}` has shape {:?} but the model's `{path}` needs {:?}",
-                        t.dims(),
-                        var.dims()
-                    ),
-                ));
-            }
-            var.set(&t.to_dtype(var.dtype())?)?;
+    }
+    for (key, var) in extra_slots(peft, name)? {
+        let path = key.trim_start_matches("base_model.model.").to_string();
+        slots.push((key, path, var));
+    }
+    for (key, path, var) in slots {
+        let t = tensors.remove(&key).ok_or_else(|| {
+            Error::format(
+                &file,
+                format!("tensor `{key}` is missing; the config targets `{path}`"),
+            )
+        })?;
+        if t.dims() != var.dims() {
+            return Err(Error::format(
+                &file,
+                format!(
+                    "tensor `{key}` has shape {:?} but the model's `{path}` needs {:?}",
+                    t.dims(),
+                    var.dims()
+                ),
+            ));
         }
+        var.set(&t.to_dtype(var.dtype())?)?;
     }
     if let Some(key) = tensors.keys().next() {
         return Err(Error::format(

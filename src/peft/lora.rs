@@ -13,13 +13,21 @@
 //! DoRA (Liu et al. 2024, *DoRA: Weight-Decomposed Low-Rank Adaptation*) adds a trainable
 //! magnitude m per output row: `W' = m · (W + ΔW) / ‖W + ΔW‖` (row norm, detached in forward
 //! as in peft's `dora.py`); m starts at ‖W + ΔW‖, so the model starts unchanged.
+//!
+//! Merging lives in `merge.rs`. Speed: after [`LoraLayer::set_training`]`(false)` (evaluation
+//! mode, entered explicitly), forward multiplies by contiguous copies of Aᵀ and s·Bᵀ made at
+//! its first call (candle multiplies by the strided transpose of the `[out, r]` B several times
+//! slower, and the copies are not part of the autograd graph). They are dropped when training
+//! starts and when the `Var`s are handed out (`PeftModel::trainable_vars`), since an optimizer
+//! changes A and B in place. A layer that was never put in evaluation mode reads A and B.
 
 use std::any::Any;
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor, Var};
 
-use crate::model::linear::{linear_forward, Dense, Linear, LinearLayer};
+use crate::model::linear::{linear_forward, Linear, LinearLayer};
 use crate::peft::dropout::{dropout_key, DropoutRng};
 use crate::{Error, Result};
 
@@ -66,17 +74,20 @@ pub fn row_norm(w: &Tensor) -> candle_core::Result<Tensor> {
 /// A linear layer with LoRA adapters.
 #[derive(Debug)]
 pub struct LoraLayer {
-    base: Linear,
-    adapters: BTreeMap<String, LoraAdapter>,
-    active: Vec<String>,
-    merged: Vec<String>,
-    disabled: bool,
-    training: bool,
+    pub(super) base: Linear,
+    pub(super) adapters: BTreeMap<String, LoraAdapter>,
+    pub(super) active: Vec<String>,
+    pub(super) merged: Vec<String>,
+    pub(super) disabled: bool,
+    pub(super) training: bool,
     /// DoRA: the row norm of W + ΔW at merge time, to unmerge exactly.
-    merge_norms: BTreeMap<String, Tensor>,
+    pub(super) merge_norms: BTreeMap<String, Tensor>,
     /// Seeded dropout masks and this layer's key (its module path); `None` draws from
     /// candle's unseeded generator.
-    dropout_rng: Option<(DropoutRng, String)>,
+    pub(super) dropout_rng: Option<(DropoutRng, String)>,
+    /// Evaluation mode only (`Some`): per adapter, contiguous Aᵀ `[in, r]` and s·Bᵀ `[r, out]`
+    /// (f32, detached), filled by forward.
+    eval_cache: Mutex<Option<BTreeMap<String, (Tensor, Tensor)>>>,
 }
 
 impl LoraLayer {
@@ -91,6 +102,7 @@ impl LoraLayer {
             training: false,
             merge_norms: BTreeMap::new(),
             dropout_rng: None,
+            eval_cache: Mutex::new(None),
         }
     }
 
@@ -165,9 +177,39 @@ impl LoraLayer {
         self.disabled = disabled;
     }
 
-    /// Training mode: dropout on the adapters' input.
+    /// Training mode (dropout on the adapters' input) or evaluation mode, in which forward
+    /// keeps contiguous copies of Aᵀ and Bᵀ (see the module docs). After changing A or B by
+    /// hand in evaluation mode, call it again.
     pub fn set_training(&mut self, training: bool) {
         self.training = training;
+        *self.cache() = if training {
+            None
+        } else {
+            Some(BTreeMap::new())
+        };
+    }
+
+    /// Whether forward runs in training mode.
+    pub fn is_training(&self) -> bool {
+        self.training
+    }
+
+    /// Ends evaluation mode's copies of Aᵀ and Bᵀ until the next `set_training(false)`:
+    /// forward reads A and B again (called when the `Var`s are handed out for training).
+    pub fn release_eval_cache(&self) {
+        *self.cache() = None;
+    }
+
+    /// Number of adapters whose evaluation copies forward currently uses.
+    pub fn eval_cache_len(&self) -> usize {
+        self.cache().as_ref().map_or(0, |c| c.len())
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, Option<BTreeMap<String, (Tensor, Tensor)>>> {
+        // A panic while the lock was held leaves only a cache behind: use it anyway.
+        self.eval_cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Draws dropout masks from `rng` with keys from this layer's module `path` and the adapter
@@ -183,123 +225,11 @@ impl LoraLayer {
             self.unmerge_one(name)?;
         }
         self.active.retain(|a| a != name);
+        if let Some(c) = self.cache().as_mut() {
+            c.remove(name);
+        }
         Ok(self.adapters.remove(name).expect("checked above"))
     }
-
-    /// Folds the active, not yet merged adapters into the base weight: `W ← W + ΔW`, in f32.
-    /// A quantized base is dequantized and becomes a dense layer in its compute dtype (the
-    /// merged weight is not on the quantization grid; requantizing it rounds the update).
-    /// With `safe_merge`, a ΔW or merged weight with a NaN or ∞ is an error naming the adapter
-    /// and nothing changes.
-    pub fn merge(&mut self, safe_merge: bool) -> Result<()> {
-        let todo: Vec<String> = self
-            .active
-            .iter()
-            .filter(|a| !self.merged.contains(a))
-            .cloned()
-            .collect();
-        if todo.is_empty() {
-            return Ok(());
-        }
-        let dtype = self.base.dtype();
-        let mut w = self.base.dense_weight()?.to_dtype(DType::F32)?;
-        let mut norms = Vec::new();
-        for name in &todo {
-            let a = &self.adapters[name];
-            w = (w + a.delta_weight()?)?;
-            if let Some(m) = &a.magnitude {
-                // DoRA: W' = m/‖W + ΔW‖ · (W + ΔW), per output row.
-                let norm = row_norm(&w)?;
-                let factor = (m.as_tensor() / &norm)?;
-                w = w.broadcast_mul(&factor.unsqueeze(1)?)?;
-                norms.push((name.clone(), factor));
-            }
-            if safe_merge && !all_finite(&w)? {
-                return Err(Error::Input(format!(
-                    "merging adapter `{name}` gives a weight with NaN or infinite values; \
-                     nothing was merged"
-                )));
-            }
-        }
-        self.merge_norms.extend(norms);
-        self.base = Linear::new(Dense::new(w.to_dtype(dtype)?, self.base.bias().cloned())?);
-        self.merged.extend(todo);
-        Ok(())
-    }
-
-    fn unmerge_one(&mut self, name: &str) -> Result<()> {
-        let dtype = self.base.dtype();
-        let mut w = self.base.dense_weight()?.to_dtype(DType::F32)?;
-        if let Some(factor) = self.merge_norms.remove(name) {
-            w = w.broadcast_div(&factor.unsqueeze(1)?)?;
-        }
-        let w = (w - self.adapters[name].delta_weight()?)?;
-        self.base = Linear::new(Dense::new(w.to_dtype(dtype)?, self.base.bias().cloned())?);
-        self.merged.retain(|m| m != name);
-        Ok(())
-    }
-
-    /// Takes the merged adapters out of the base weight again, `W ← W − ΔW` (exact up to
-    /// float rounding; a base that was quantized stays dense).
-    pub fn unmerge(&mut self) -> Result<()> {
-        for name in self.merged.clone().iter().rev() {
-            self.unmerge_one(name)?;
-        }
-        Ok(())
-    }
-
-    /// Merges the active adapters and returns the base layer alone (`merge_and_unload`).
-    pub fn merge_and_unload(mut self, safe_merge: bool) -> Result<Linear> {
-        self.merge(safe_merge)?;
-        Ok(self.base)
-    }
-
-    /// The base layer without merging (`unload`).
-    pub fn unload(self) -> Linear {
-        self.base
-    }
-
-    /// `max |W_merged − (W + (α/r)·B·A)|` for the active adapters, with the merged weight
-    /// produced by [`LoraLayer::merge`] on a copy and the right side computed here from the
-    /// base weight and the adapters: the PEFT notebook's check, as one call.
-    pub fn verify_merge(&self) -> Result<f32> {
-        let mut expected = self.base.dense_weight()?.to_dtype(DType::F32)?;
-        for name in self.active.iter().filter(|a| !self.merged.contains(a)) {
-            let a = &self.adapters[name];
-            let ba = a.lora_b.as_tensor().matmul(a.lora_a.as_tensor())?;
-            expected = (expected + (ba * a.scaling)?)?;
-            if let Some(m) = &a.magnitude {
-                let factor = (m.as_tensor() / row_norm(&expected)?)?;
-                expected = expected.broadcast_mul(&factor.unsqueeze(1)?)?;
-            }
-        }
-        let mut copy = LoraLayer {
-            base: Linear::new(Dense::new(
-                self.base.dense_weight()?,
-                self.base.bias().cloned(),
-            )?),
-            adapters: self.adapters.clone(),
-            active: self.active.clone(),
-            merged: self.merged.clone(),
-            disabled: false,
-            training: false,
-            merge_norms: BTreeMap::new(),
-            dropout_rng: None,
-        };
-        copy.merge(false)?;
-        let merged = copy.base.dense_weight()?.to_dtype(DType::F32)?;
-        Ok((merged - expected)?
-            .abs()?
-            .flatten_all()?
-            .max(0)?
-            .to_scalar::<f32>()?)
-    }
-}
-
-fn all_finite(t: &Tensor) -> candle_core::Result<bool> {
-    // A NaN or ±∞ anywhere makes the sum of |w| non-finite (weights never sum past f32::MAX).
-    let s = t.abs()?.sum_all()?.to_scalar::<f32>()?;
-    Ok(s.is_finite())
 }
 
 impl LinearLayer for LoraLayer {
@@ -309,9 +239,23 @@ impl LinearLayer for LoraLayer {
             return Ok(y);
         }
         let mut y = y;
+        let mut cache = self.cache();
         for name in self.active.iter().filter(|a| !self.merged.contains(a)) {
             let a = &self.adapters[name];
-            let mut h = x.to_dtype(DType::F32)?;
+            if let (false, None, Some(cache)) = (self.training, &a.magnitude, cache.as_mut()) {
+                // Evaluation: x·Aᵀ·(s·Bᵀ) against contiguous copies, s folded into the copy.
+                if !cache.contains_key(name) {
+                    let at = a.lora_a.as_tensor().detach().t()?.contiguous()?; // [in, r]
+                    let bt = (a.lora_b.as_tensor().detach().t()? * a.scaling)?.contiguous()?;
+                    cache.insert(name.clone(), (at, bt)); // s·Bᵀ: [r, out]
+                }
+                let (at, sbt) = &cache[name];
+                let lora = matmul_2d(&matmul_2d(&to_f32(x)?, at)?, sbt)?;
+                let dt = y.dtype();
+                y = (y + to_dtype(lora, dt)?)?;
+                continue;
+            }
+            let mut h = to_f32(x)?;
             if self.training && a.dropout > 0.0 {
                 h = match &self.dropout_rng {
                     Some((rng, path)) => rng.dropout(&h, a.dropout, dropout_key(path, name))?,
@@ -324,7 +268,7 @@ impl LinearLayer for LoraLayer {
             match &a.magnitude {
                 None => {
                     let dt = y.dtype();
-                    y = (y + lora.to_dtype(dt)?)?;
+                    y = (y + to_dtype(lora, dt)?)?;
                 }
                 Some(m) => {
                     // DoRA (peft's dora.py): with W·x the base output without bias and
@@ -333,11 +277,11 @@ impl LinearLayer for LoraLayer {
                     let w = self.base.dense_weight()?.to_dtype(DType::F32)?;
                     let norm = row_norm(&(&w + a.delta_weight()?.detach())?)?.detach();
                     let scale = (m.as_tensor() / norm)?;
-                    let base_x = linear_forward(&x.to_dtype(DType::F32)?, &w, None)?;
+                    let base_x = linear_forward(&to_f32(x)?, &w, None)?;
                     let dora = ((base_x.broadcast_mul(&(&scale - 1.0)?)?)
                         + lora.broadcast_mul(&scale)?)?;
                     let dt = y.dtype();
-                    y = (y + dora.to_dtype(dt)?)?;
+                    y = (y + to_dtype(dora, dt)?)?;
                 }
             }
         }
@@ -404,5 +348,32 @@ impl LinearLayer for LoraLayer {
     }
     fn into_any(self: Box<Self>) -> Box<dyn Any> {
         self
+    }
+}
+
+/// `t` in f32 (no copy when it already is).
+fn to_f32(t: &Tensor) -> candle_core::Result<Tensor> {
+    if t.dtype() == DType::F32 {
+        Ok(t.clone())
+    } else {
+        t.to_dtype(DType::F32)
+    }
+}
+
+fn to_dtype(t: Tensor, dtype: DType) -> candle_core::Result<Tensor> {
+    if t.dtype() == dtype {
+        Ok(t)
+    } else {
+        t.to_dtype(dtype)
+    }
+}
+
+/// `x·m` for `x: [.., k]` and a matrix `m: [k, n]`: the leading dims of `x` as one batch of rows.
+fn matmul_2d(x: &Tensor, m: &Tensor) -> candle_core::Result<Tensor> {
+    match *x.dims() {
+        [_, _] => x.matmul(m),
+        [b, _, _] => x.matmul(&m.broadcast_left(b)?),
+        [b1, b2, _, _] => x.matmul(&m.broadcast_left((b1, b2))?),
+        _ => candle_core::bail!("LoRA input of shape {:?}: expected 2 to 4 dims", x.dims()),
     }
 }

@@ -9,23 +9,46 @@
 //! | `lora.rs` | [`LoraLayer`]: `h = W·x + (α/r)·B·A·x`, merge / unmerge / verify |
 //! | `io.rs` | adapters in PEFT's directory format (`adapter_config.json`, `adapter_model.safetensors`) |
 //! | `model.rs` | [`get_peft_model`], [`PeftModel`]: adapters by name, trainable `VarMap`, `print_trainable_parameters`, `merge_and_unload` |
+//! | `adapter_config.rs` | `adapter_config.json` ↔ [`LoraConfig`], unknown fields kept |
+//! | `init.rs` | `init_lora_weights`: peft's default, Gaussian, random, PiSSA |
+//! | `merge.rs` | merge / unmerge / verify of one layer, merging a quantized base and quantizing it again |
+//! | `unload.rs` | `merge_and_unload`, `merge_and_requantize`, `unload` of the whole model |
+//! | `bias.rs` | `bias = "all" \| "lora_only"`: trainable base biases |
+//! | `modules_to_save.rs` | [`ModulesToSaveLayer`]: trainable copies of whole modules (`lm_head`, `embed_tokens`, norms), tied embeddings |
+//! | `saved_modules.rs` | `modules_to_save` wired into `PeftModel`: copies per adapter, counts, unload, untying |
+//! | `pissa.rs` | PiSSA initialisation (exact and randomized SVD), conversion to plain LoRA |
+//! | `kbit.rs` | [`prepare_model_for_kbit_training`] |
 
+mod adapter_config;
 pub mod analysis;
+pub mod bias;
 pub mod config;
 pub mod dropout;
+mod init;
 pub mod io;
+pub mod kbit;
 pub mod lora;
+pub mod merge;
 pub mod model;
+pub mod modules_to_save;
+pub mod pissa;
+mod saved_modules;
+mod unload;
 
 pub use analysis::{
     delta_singular_values, effective_rank, energy_captured, entropy_effective_rank, lora_gradients,
     lora_param_count, singular_values_of, LoraParamCount,
 };
+pub use bias::{QuantWithBias, TrainedBias};
 pub use config::{InitLoraWeights, LoraBias, LoraConfig, TargetModules, ALL_LINEAR};
 pub use dropout::DropoutRng;
 pub use io::{load_adapter, load_adapter_into, save_adapter, AdapterConfig};
+pub use kbit::{prepare_model_for_kbit_training, KbitReport};
 pub use lora::{LoraAdapter, LoraLayer};
+pub use merge::{LayerRounding, RequantizeReport};
 pub use model::{get_peft_model, get_peft_model_seeded, PeftModel, TrainableParameters};
+pub use modules_to_save::{ModuleCopy, ModulesToSaveLayer};
+pub use pissa::save_adapter_as_lora;
 pub mod bottleneck;
 pub mod prompt;
 pub use bottleneck::{

@@ -1,15 +1,21 @@
 //! `get_peft_model`: wrap a model's targeted linear layers in LoRA and keep the trainable
-//! tensors in one `VarMap` — the adapters and nothing else.
+//! tensors in one `VarMap`: the adapters, and with `bias` / `modules_to_save` the biases and
+//! module copies peft would train (`bias.rs`, `modules_to_save.rs`). Merging and unloading
+//! the whole model: `unload.rs`.
 
 use std::collections::BTreeMap;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::Var;
 use candle_nn::VarMap;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use super::config::{InitLoraWeights, LoraConfig};
-use super::lora::{row_norm, LoraAdapter, LoraLayer};
+use super::bias::TrainedBias;
+use super::config::LoraConfig;
+use super::init::{check_layers, init_layer};
+use super::lora::{LoraAdapter, LoraLayer};
+use super::modules_to_save::ModulesToSaveLayer;
+use super::saved_modules::SavedModules;
 use crate::model::linear::Linear;
 use crate::model::llama::Llama;
 use crate::peft::dropout::DropoutRng;
@@ -21,7 +27,13 @@ pub struct PeftModel {
     pub model: Llama,
     varmap: VarMap,
     configs: BTreeMap<String, LoraConfig>,
-    active: String,
+    pub(super) active: String,
+    /// `VarMap` keys of each adapter's own `Var`s (A, B, m, module copies).
+    owned: BTreeMap<String, Vec<String>>,
+    /// Trained base biases by module path (shared by the adapters that ask for them).
+    pub(super) biases: BTreeMap<String, TrainedBias>,
+    pub(super) saved: SavedModules,
+    pub(super) warnings: Vec<String>,
 }
 
 /// peft's `get_nb_trainable_parameters`.
@@ -65,61 +77,13 @@ pub fn get_peft_model_seeded(model: Llama, config: &LoraConfig, seed: u64) -> Re
         varmap: VarMap::new(),
         configs: BTreeMap::new(),
         active: "default".into(),
+        owned: BTreeMap::new(),
+        biases: BTreeMap::new(),
+        saved: SavedModules::default(),
+        warnings: Vec::new(),
     };
     peft.add_adapter_seeded("default", config, seed)?;
     Ok(peft)
-}
-
-/// A Kaiming-uniform A (a = √5: U(−1/√in, 1/√in)), or N(0, 1/r²), or uniform; B zeros unless
-/// `Random`.
-fn init_adapter(
-    cfg: &LoraConfig,
-    r: usize,
-    alpha: f64,
-    (out, inp): (usize, usize),
-    rng: &mut rand::rngs::StdRng,
-    device: &Device,
-    base_weight: Option<&Tensor>,
-) -> Result<LoraAdapter> {
-    let uniform = |n: usize, bound: f64, rng: &mut rand::rngs::StdRng| -> Vec<f32> {
-        (0..n)
-            .map(|_| rng.random_range(-bound..bound) as f32)
-            .collect()
-    };
-    let a = match cfg.init_lora_weights {
-        InitLoraWeights::Default | InitLoraWeights::Random => {
-            uniform(r * inp, 1.0 / (inp as f64).sqrt(), rng)
-        }
-        InitLoraWeights::Gaussian => {
-            // Box–Muller, σ = 1/r.
-            (0..r * inp)
-                .map(|_| {
-                    let (u1, u2): (f64, f64) = (rng.random_range(1e-12..1.0), rng.random());
-                    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() / r as f64)
-                        as f32
-                })
-                .collect()
-        }
-    };
-    let b = match cfg.init_lora_weights {
-        InitLoraWeights::Random => uniform(out * r, 1.0 / (r as f64).sqrt(), rng),
-        _ => vec![0f32; out * r],
-    };
-    let mut adapter = LoraAdapter {
-        r,
-        alpha,
-        scaling: cfg.scaling(r, alpha),
-        dropout: cfg.lora_dropout,
-        lora_a: Var::from_tensor(&Tensor::from_vec(a, (r, inp), device)?)?,
-        lora_b: Var::from_tensor(&Tensor::from_vec(b, (out, r), device)?)?,
-        magnitude: None,
-    };
-    if let Some(w) = base_weight {
-        // DoRA: m starts at ‖W + ΔW‖ per row, so the adapted layer starts equal to W + ΔW.
-        let w = (w.to_dtype(DType::F32)? + adapter.delta_weight()?)?;
-        adapter.magnitude = Some(Var::from_tensor(&row_norm(&w)?)?);
-    }
-    Ok(adapter)
 }
 
 impl PeftModel {
@@ -159,41 +123,36 @@ impl PeftModel {
                 ),
             ));
         }
-        let device = self.model.device().clone();
+        if let Some(p) = paths.iter().find(|p| {
+            self.model
+                .linear(p)
+                .is_ok_and(|l| l.downcast_ref::<ModulesToSaveLayer>().is_some())
+        }) {
+            return Err(Error::config(
+                "target_modules",
+                format!("`{p}` is in modules_to_save of another adapter; it cannot get LoRA too"),
+            ));
+        }
+        check_layers(&self.model, config, &paths)?;
+        let mut config = config.clone();
+        self.add_modules_to_save(name, &mut config)?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         for path in &paths {
-            let layer = self.model.linear(path)?;
-            let (r, alpha) = config.rank_and_alpha(path);
-            let base_weight = if config.use_dora {
-                Some(layer.dense_weight()?)
-            } else {
-                None
-            };
-            let adapter = init_adapter(
-                config,
-                r,
-                alpha,
-                (layer.out_features(), layer.in_features()),
-                &mut rng,
-                &device,
-                base_weight.as_ref(),
-            )?;
-            {
-                let mut data = self.varmap.data().lock().expect("varmap lock");
-                data.insert(
-                    format!("base_model.model.{path}.lora_A.{name}.weight"),
-                    adapter.lora_a.clone(),
-                );
-                data.insert(
-                    format!("base_model.model.{path}.lora_B.{name}.weight"),
-                    adapter.lora_b.clone(),
-                );
-                if let Some(m) = &adapter.magnitude {
-                    data.insert(
-                        format!("base_model.model.{path}.lora_magnitude_vector.{name}.weight"),
-                        m.clone(),
-                    );
-                }
+            let adapter = init_layer(&mut self.model, path, &config, &mut rng)?;
+            let p = format!("base_model.model.{path}");
+            self.register_var(
+                format!("{p}.lora_A.{name}.weight"),
+                &adapter.lora_a,
+                Some(name),
+            );
+            self.register_var(
+                format!("{p}.lora_B.{name}.weight"),
+                &adapter.lora_b,
+                Some(name),
+            );
+            if let Some(m) = &adapter.magnitude {
+                let key = format!("{p}.lora_magnitude_vector.{name}.weight");
+                self.register_var(key, m, Some(name));
             }
             if let Some(lora) = self.model.linear_mut(path)?.downcast_mut::<LoraLayer>() {
                 lora.add_adapter(name, adapter)?;
@@ -207,12 +166,32 @@ impl PeftModel {
                 wrapped.expect("map_linear ran the closure")?;
             }
         }
-        self.configs.insert(name.to_string(), config.clone());
+        self.train_biases(name, config.bias)?;
+        self.configs.insert(name.to_string(), config);
         self.set_adapter(name)?;
         Ok(())
     }
 
-    fn lora_layers_mut(&mut self) -> Result<Vec<&mut LoraLayer>> {
+    /// Puts `var` in the `VarMap` under `key`, owned by the adapter `owner` (`None`: a shared
+    /// bias, whose owners [`TrainedBias`] lists).
+    pub(super) fn register_var(&mut self, key: String, var: &Var, owner: Option<&str>) {
+        if let Some(o) = owner {
+            self.owned
+                .entry(o.to_string())
+                .or_default()
+                .push(key.clone());
+        }
+        let mut data = self.varmap.data().lock().expect("varmap lock");
+        data.insert(key, var.clone());
+    }
+
+    /// Notes made while adding adapters, as peft's warnings (e.g. a tied embedding untied by
+    /// `modules_to_save`).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    pub(super) fn lora_layers_mut(&mut self) -> Result<Vec<&mut LoraLayer>> {
         Ok(self
             .model
             .linears_mut()
@@ -239,19 +218,37 @@ impl PeftModel {
     }
 
     /// The trainable tensors: A and B of every adapter, named as peft names its parameters
-    /// (`base_model.model.<path>.lora_A.<adapter>.weight`).
+    /// (`base_model.model.<path>.lora_A.<adapter>.weight`), and the trained biases and module
+    /// copies. Handing them out ends the layers' evaluation copies (see [`LoraLayer`]).
     pub fn varmap(&self) -> &VarMap {
+        self.release_eval_caches();
         &self.varmap
     }
 
-    /// The trainable `Var`s of the active adapter (for an optimizer).
+    /// The trainable `Var`s of the active adapter (for an optimizer): its A and B (DoRA's m),
+    /// its `modules_to_save` copies and the biases its `bias` trains. Ends the layers'
+    /// evaluation copies, since the optimizer changes these `Var`s in place.
     pub fn trainable_vars(&self) -> Vec<Var> {
-        let tag = format!(".{}.weight", self.active);
+        self.release_eval_caches();
         let data = self.varmap.data().lock().expect("varmap lock");
-        data.iter()
-            .filter(|(k, _)| k.ends_with(&tag))
-            .map(|(_, v)| v.clone())
+        let own = self.owned.get(&self.active).into_iter().flatten();
+        let biases = self
+            .biases
+            .values()
+            .filter(|b| b.adapters.contains(&self.active))
+            .map(|b| &b.key);
+        let mut seen = std::collections::HashSet::new();
+        own.chain(biases)
+            .filter_map(|k| data.get(k))
+            .filter(|v| seen.insert(v.as_tensor().id()))
+            .cloned()
             .collect()
+    }
+
+    fn release_eval_caches(&self) {
+        for (_, l) in self.lora_layers() {
+            l.release_eval_cache();
+        }
     }
 
     /// The config of the adapter `name`.
@@ -283,19 +280,24 @@ impl PeftModel {
             }
         }
         self.active = name.to_string();
+        self.apply_modules_to_save(Some(name));
         Ok(())
     }
 
-    /// Runs `f` with every adapter off (peft's `with model.disable_adapter():`), then turns
-    /// them back on, also when `f` fails.
+    /// Runs `f` with every adapter off (peft's `with model.disable_adapter():`): LoRA off and
+    /// the original modules in place of `modules_to_save` copies; trained biases stay (as in
+    /// peft). Then turns them back on, also when `f` fails.
     pub fn with_adapters_disabled<T>(&mut self, f: impl FnOnce(&Llama) -> T) -> Result<T> {
         for l in self.lora_layers_mut()? {
             l.set_disabled(true);
         }
+        self.apply_modules_to_save(None);
         let out = f(&self.model);
         for l in self.lora_layers_mut()? {
             l.set_disabled(false);
         }
+        let active = self.active.clone();
+        self.apply_modules_to_save(Some(&active));
         Ok(out)
     }
 
@@ -307,20 +309,33 @@ impl PeftModel {
                 l.delete_adapter(name)?;
             }
         }
-        let tag = format!(".{name}.weight");
-        self.varmap
-            .data()
-            .lock()
-            .expect("varmap lock")
-            .retain(|k, _| !k.ends_with(&tag));
+        let mut keys = self.owned.remove(name).unwrap_or_default();
+        for b in self.biases.values_mut() {
+            b.adapters.retain(|a| a != name);
+            if b.adapters.is_empty() {
+                keys.push(b.key.clone()); // stays trained in the layer, no longer trainable
+            }
+        }
+        self.biases.retain(|_, b| !b.adapters.is_empty());
+        {
+            let mut data = self.varmap.data().lock().expect("varmap lock");
+            for k in &keys {
+                data.remove(k);
+            }
+        }
+        self.delete_modules_to_save(name)?;
         self.configs.remove(name);
         if self.active == name {
-            self.active = self.configs.keys().next().cloned().unwrap_or_default();
+            match self.configs.keys().next().cloned() {
+                Some(next) => self.set_adapter(&next)?,
+                None => self.active = String::new(),
+            }
         }
         Ok(())
     }
 
-    /// Dropout on (training) or off (evaluation) in every adapter.
+    /// Training mode (dropout on) or evaluation mode (dropout off; forward uses contiguous
+    /// copies of Aᵀ and Bᵀ, see [`LoraLayer`]) in every adapter.
     pub fn set_training(&mut self, training: bool) -> Result<()> {
         for l in self.lora_layers_mut()? {
             l.set_training(training);
@@ -338,57 +353,37 @@ impl PeftModel {
         }
     }
 
-    /// peft's `get_nb_trainable_parameters`.
+    /// peft's `get_nb_trainable_parameters`: the active adapter's A, B (m), module copies and
+    /// trained biases, against every parameter (the base, all adapters, all copies).
     pub fn trainable_parameters(&self) -> TrainableParameters {
-        let trainable = self
+        let lora: usize = self
             .lora_layers()
             .iter()
             .filter_map(|(_, l)| l.adapters().get(&self.active))
             .map(LoraAdapter::num_parameters)
             .sum();
+        let mut seen = std::collections::HashSet::new();
+        let copies: usize = self
+            .modules_to_save(&self.active)
+            .iter()
+            .flat_map(|c| std::iter::once(&c.weight).chain(&c.bias))
+            .filter(|v| seen.insert(v.as_tensor().id()))
+            .map(|v| v.elem_count())
+            .sum();
+        let biases: usize = self
+            .biases
+            .values()
+            .filter(|b| b.adapters.contains(&self.active))
+            .map(|b| b.var.elem_count())
+            .sum();
         TrainableParameters {
-            trainable,
-            all: self.model.num_parameters(),
+            trainable: lora + copies + biases,
+            all: self.model.num_parameters() + self.modules_to_save_extra_params(),
         }
     }
 
     /// peft's `print_trainable_parameters` line (returned, not printed).
     pub fn print_trainable_parameters(&self) -> String {
         self.trainable_parameters().to_string()
-    }
-
-    /// Merges the active adapter into every base weight (`merge_adapter`).
-    pub fn merge(&mut self, safe_merge: bool) -> Result<()> {
-        for l in self.lora_layers_mut()? {
-            l.merge(safe_merge)?;
-        }
-        Ok(())
-    }
-
-    /// Takes merged adapters out again (`unmerge_adapter`).
-    pub fn unmerge(&mut self) -> Result<()> {
-        for l in self.lora_layers_mut()? {
-            l.unmerge()?;
-        }
-        Ok(())
-    }
-
-    /// Merges the active adapter and returns the plain model (`merge_and_unload`).
-    pub fn merge_and_unload(mut self, safe_merge: bool) -> Result<Llama> {
-        self.merge(safe_merge)?;
-        self.unload()
-    }
-
-    /// The plain model without merging (`unload`): every LoRA layer gives back its base.
-    pub fn unload(mut self) -> Result<Llama> {
-        let paths: Vec<String> = self.lora_layers().into_iter().map(|(p, _)| p).collect();
-        for path in paths {
-            self.model
-                .map_linear(&path, |l| match l.downcast::<LoraLayer>() {
-                    Ok(lora) => Ok(lora.unload()),
-                    Err(l) => Ok(l),
-                })?;
-        }
-        Ok(self.model)
     }
 }
