@@ -153,16 +153,24 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
-    /// Applies the norm; `fused` picks candle's kernel (no backward).
+    /// Applies the norm; `fused` picks candle's kernel (no backward). A gain in another dtype
+    /// than `x` (f32 norms in a bf16 model, after `prepare_model_for_kbit_training`) multiplies
+    /// in its dtype, as transformers' `weight * hidden.to(input_dtype)` promotes, and the result
+    /// is cast back to `x`'s dtype, the residual stream's.
     pub fn forward(&self, x: &Tensor, fused: bool) -> candle_core::Result<Tensor> {
-        if fused && x.is_contiguous() {
-            return candle_nn::ops::rms_norm(x, &self.weight, self.eps as f32);
-        }
         let dtype = x.dtype();
+        let w = &self.weight;
+        if fused && x.is_contiguous() && w.dtype() == dtype {
+            return candle_nn::ops::rms_norm(x, w, self.eps as f32);
+        }
         let x32 = x.to_dtype(DType::F32)?;
         let var = x32.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = x32.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        normed.to_dtype(dtype)?.broadcast_mul(&self.weight)
+        let normed = x32.broadcast_div(&(var + self.eps)?.sqrt()?)?.to_dtype(dtype)?;
+        if w.dtype() == dtype {
+            normed.broadcast_mul(w)
+        } else {
+            normed.to_dtype(w.dtype())?.broadcast_mul(w)?.to_dtype(dtype)
+        }
     }
 }
 

@@ -430,6 +430,8 @@ impl<M: Trainable> Trainer<M> {
         }
         let lr = self.schedule.lr(step);
         self.optimizer.step(&grads, lr)?;
+        // The weights changed: evaluation mode starts afresh (LoRA's cached Aᵀ/Bᵀ copies).
+        self.model.set_training(false)?;
         // Advance the position.
         self.state.global_step += 1;
         self.state.batch_in_epoch += micro.len();
