@@ -14,8 +14,7 @@ use tunelab::model::linear::Linear;
 use tunelab::model::llama::{ForwardOptions, Llama};
 use tunelab::peft::{get_peft_model_seeded, LoraConfig, PeftModel, TargetModules};
 use tunelab::train::{
-    FullFineTune, IntervalStrategy, ProgressStyle, SchedulerType, Trainable, Trainer,
-    TrainingArgs,
+    FullFineTune, IntervalStrategy, ProgressStyle, SchedulerType, Trainable, Trainer, TrainingArgs,
 };
 use tunelab::{Error, Result};
 
@@ -105,7 +104,10 @@ fn lora_training_lowers_eval_loss_cell_by_cell() {
     let rest = t.train().unwrap();
     assert_eq!((rest.steps, rest.global_step), (25, 40));
     let after = t.evaluate().unwrap();
-    println!("eval loss {:.4} -> {:.4}", before.eval_loss, after.eval_loss);
+    println!(
+        "eval loss {:.4} -> {:.4}",
+        before.eval_loss, after.eval_loss
+    );
     assert!(
         after.eval_loss < 0.7 * before.eval_loss,
         "eval loss {} -> {}",
@@ -119,7 +121,10 @@ fn lora_training_lowers_eval_loss_cell_by_cell() {
     assert_eq!(h.steps[0].lr, 0.0);
     assert!((h.steps[2].lr - 0.5 * 1e-2).abs() < 1e-12);
     assert!((h.steps[39].lr - 1e-2 * (40.0 - 39.0) / 36.0).abs() < 1e-12);
-    assert!(h.steps.iter().all(|s| s.grad_norm.is_finite() && s.tokens > 0));
+    assert!(h
+        .steps
+        .iter()
+        .all(|s| s.grad_norm.is_finite() && s.tokens > 0));
     let svg = h.loss_plot().unwrap();
     assert!(svg.as_str().contains("train loss") && svg.as_str().contains("eval loss"));
     // Eight batches per epoch: 40 steps are 5 epochs.
@@ -160,20 +165,37 @@ fn resume_continues_the_exact_loss_curve() {
     };
     // Dropout 0.1: the masks must be reproduced too.
     let full_dir = dir.path().join("full");
-    let mut full = Trainer::new(lora(3, 0.1), a(&full_dir), batcher(examples(20), 3, true), None)
-        .unwrap();
+    let mut full = Trainer::new(
+        lora(3, 0.1),
+        a(&full_dir),
+        batcher(examples(20), 3, true),
+        None,
+    )
+    .unwrap();
     full.train().unwrap();
     let want = full.history().losses();
 
     let killed_dir = dir.path().join("killed");
-    let mut killed =
-        Trainer::new(lora(3, 0.1), a(&killed_dir), batcher(examples(20), 3, true), None).unwrap();
+    let mut killed = Trainer::new(
+        lora(3, 0.1),
+        a(&killed_dir),
+        batcher(examples(20), 3, true),
+        None,
+    )
+    .unwrap();
     killed.train_steps(4).unwrap(); // checkpoint at 3, then one more step, then "killed"
     drop(killed);
 
-    let mut resumed =
-        Trainer::new(lora(3, 0.1), a(&killed_dir), batcher(examples(20), 3, true), None).unwrap();
-    let ck = tunelab::train::latest_checkpoint(&killed_dir).unwrap().unwrap();
+    let mut resumed = Trainer::new(
+        lora(3, 0.1),
+        a(&killed_dir),
+        batcher(examples(20), 3, true),
+        None,
+    )
+    .unwrap();
+    let ck = tunelab::train::latest_checkpoint(&killed_dir)
+        .unwrap()
+        .unwrap();
     assert!(ck.ends_with("checkpoint-3"), "{}", ck.display());
     resumed.resume_from_checkpoint(&ck).unwrap();
     assert_eq!(resumed.global_step(), 3);
@@ -194,8 +216,11 @@ fn resume_continues_the_exact_loss_curve() {
     assert!(want.windows(2).all(|w| w[0] != w[1]));
     // The final checkpoints hold the same adapter.
     let read = |p: &Path| {
-        candle_core::safetensors::load(p.join("adapter_model.safetensors"), &candle_core::Device::Cpu)
-            .unwrap()
+        candle_core::safetensors::load(
+            p.join("adapter_model.safetensors"),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap()
     };
     let (x, y) = (
         read(&full_dir.join("checkpoint-6")),
@@ -216,8 +241,13 @@ fn gradient_accumulation_equals_a_four_times_larger_batch() {
         gradient_accumulation_steps: 4,
         ..args(dir.path())
     };
-    let mut a = Trainer::new(lora(4, 0.0), accumulated, batcher(ex.clone(), 1, false), None)
-        .unwrap();
+    let mut a = Trainer::new(
+        lora(4, 0.0),
+        accumulated,
+        batcher(ex.clone(), 1, false),
+        None,
+    )
+    .unwrap();
     let mut b = Trainer::new(lora(4, 0.0), args(dir.path()), batcher(ex, 4, false), None).unwrap();
     // B = 0 at init makes ∂L/∂A zero; take one step first so both factors have gradients.
     a.train_steps(1).unwrap();
@@ -262,7 +292,11 @@ impl Trainable for NanAt {
     }
     fn aux_loss(&self) -> Result<Option<Tensor>> {
         self.calls.set(self.calls.get() + 1);
-        let v = if self.calls.get() >= self.at { f32::NAN } else { 0.0 };
+        let v = if self.calls.get() >= self.at {
+            f32::NAN
+        } else {
+            0.0
+        };
         Ok(Some(Tensor::new(v, &candle_core::Device::Cpu)?))
     }
     fn save_trained(&self, dir: &Path) -> Result<()> {
@@ -291,14 +325,21 @@ fn nan_loss_stops_training_and_keeps_the_last_checkpoint() {
     let err = t.train_steps(5).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::Training(_)), "{msg}");
-    assert!(msg.contains("step 3") && msg.contains("checkpoint-2"), "{msg}");
+    assert!(
+        msg.contains("step 3") && msg.contains("checkpoint-2"),
+        "{msg}"
+    );
     assert_eq!(t.global_step(), 2);
     let ck = dir.path().join("checkpoint-2");
     let names: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names, vec!["checkpoint-2".to_string()], "no temp files left");
+    assert_eq!(
+        names,
+        vec!["checkpoint-2".to_string()],
+        "no temp files left"
+    );
     for f in [
         "adapter_model.safetensors",
         "adapter_config.json",
@@ -324,7 +365,10 @@ fn unwritable_output_dir_is_reported_before_training() {
         .err()
         .unwrap();
     let msg = err.to_string();
-    assert!(msg.contains("a-file/out") && msg.contains("not writable"), "{msg}");
+    assert!(
+        msg.contains("a-file/out") && msg.contains("not writable"),
+        "{msg}"
+    );
 }
 
 #[test]

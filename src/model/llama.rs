@@ -165,11 +165,16 @@ impl RmsNorm {
         }
         let x32 = x.to_dtype(DType::F32)?;
         let var = x32.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = x32.broadcast_div(&(var + self.eps)?.sqrt()?)?.to_dtype(dtype)?;
+        let normed = x32
+            .broadcast_div(&(var + self.eps)?.sqrt()?)?
+            .to_dtype(dtype)?;
         if w.dtype() == dtype {
             normed.broadcast_mul(w)
         } else {
-            normed.to_dtype(w.dtype())?.broadcast_mul(w)?.to_dtype(dtype)
+            normed
+                .to_dtype(w.dtype())?
+                .broadcast_mul(w)?
+                .to_dtype(dtype)
         }
     }
 }
