@@ -7,76 +7,39 @@
 //! is computed outside the graph and attached to `x` by a custom op whose backward is the input
 //! gradient alone, as PyTorch does for a weight with `requires_grad=False`.
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor};
+use candle_core::Tensor;
 
-/// The custom op: forward hands back the product computed beforehand; backward is `g·W`.
-struct FrozenMatmul {
-    /// `x·Wᵀ`, contiguous.
-    y: Tensor,
-    /// W, `[out, in]`.
-    weight: Tensor,
-}
-
-impl CustomOp1 for FrozenMatmul {
-    fn name(&self) -> &'static str {
-        "frozen-matmul"
-    }
-
-    fn cpu_fwd(&self, _s: &CpuStorage, _l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (storage, layout) = self.y.storage_and_layout();
-        match &*storage {
-            Storage::Cpu(c) => Ok((c.try_clone(layout)?, self.y.shape().clone())),
-            _ => candle_core::bail!("frozen-matmul: the product is not on the cpu"),
-        }
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        _s: &candle_core::CudaStorage,
-        _l: &Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let (storage, layout) = self.y.storage_and_layout();
-        match &*storage {
-            Storage::Cuda(c) => Ok((c.try_clone(layout)?, self.y.shape().clone())),
-            _ => candle_core::bail!("frozen-matmul: the product is not on the gpu"),
-        }
-    }
-
-    fn bwd(
-        &self,
-        arg: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        // (…, out) · (out, in) → (…, in), as one 2-D GEMM.
-        let out = self.weight.dim(0)?;
-        let rows = grad.elem_count() / out.max(1);
-        let g = grad
-            .contiguous()?
-            .reshape((rows, out))?
-            .matmul(&self.weight.to_dtype(grad.dtype())?)?;
-        Ok(Some(g.reshape(arg.shape())?))
-    }
-}
+use super::autograd::{attach1, supported};
 
 /// `x·Wᵀ` where `y_detached = x·Wᵀ` was computed without a graph: returns it attached to `x`'s
 /// graph when `x` needs gradients (and W does not), on devices with the op; otherwise `None`.
+/// The backward is `∂L/∂x = ∂L/∂y · W`, one 2-D GEMM over all rows.
 pub(crate) fn attach_frozen(
     x: &Tensor,
     weight: &Tensor,
     y_detached: &Tensor,
 ) -> candle_core::Result<Option<Tensor>> {
-    let supported = x.device().is_cpu() || x.device().is_cuda();
-    if !x.track_op() || weight.track_op() || !supported {
+    if !x.track_op() || weight.track_op() || !supported(x) {
         return Ok(None);
     }
-    let op = FrozenMatmul {
-        y: y_detached.contiguous()?,
-        weight: weight.clone(),
-    };
-    Ok(Some(x.apply_op1(op)?))
+    let weight = weight.clone();
+    let in_shape = x.shape().clone();
+    let y = attach1(
+        "frozen-matmul",
+        x,
+        y_detached,
+        Box::new(move |grad| {
+            // (…, out) · (out, in) → (…, in).
+            let out = weight.dim(0)?;
+            let rows = grad.elem_count() / out.max(1);
+            let g = grad
+                .contiguous()?
+                .reshape((rows, out))?
+                .matmul(&weight.to_dtype(grad.dtype())?)?;
+            Ok([Some(g.reshape(in_shape.clone())?)])
+        }),
+    )?;
+    Ok(Some(y))
 }
 
 #[cfg(test)]

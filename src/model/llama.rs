@@ -19,10 +19,12 @@
 //! (`model.layers.0.self_attn.q_proj`, ..., `lm_head`): [`Llama::linears`] enumerates them and
 //! [`Llama::replace_linear`] swaps one. That is the seam quantization and PEFT use.
 //!
-//! Kernels: a forward with a [`KvCache`] (generation) uses candle's fused RoPE / RMSNorm /
-//! softmax, which have no backward; a forward without one uses the same maths in plain,
-//! differentiable tensor ops, so gradients reach every adapter. Both paths agree to float
-//! rounding (tested).
+//! Kernels: RMSNorm, RoPE and the attention core (scores → softmax → values) run through
+//! [`super::fused`]: candle's fused kernels for the forward (which have no backward), and, when
+//! an input needs a gradient (training), a hand-written backward that keeps one tensor each
+//! instead of every intermediate — gradients reach every adapter at a fraction of candle's
+//! autograd memory, and training, evaluation and generation compute the same forward. Plain
+//! differentiable ops remain for a device without custom ops (tested to agree).
 //!
 //! Hooks for the PEFT methods that act outside a projection: [`Llama::forward_hidden_embeds`]
 //! takes input embeddings instead of ids (prompt tuning) and per-layer key/value prefixes
@@ -153,29 +155,14 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
-    /// Applies the norm; `fused` picks candle's kernel (no backward). A gain in another dtype
-    /// than `x` (f32 norms in a bf16 model, after `prepare_model_for_kbit_training`) multiplies
-    /// in its dtype, as transformers' `weight * hidden.to(input_dtype)` promotes, and the result
-    /// is cast back to `x`'s dtype, the residual stream's.
-    pub fn forward(&self, x: &Tensor, fused: bool) -> candle_core::Result<Tensor> {
-        let dtype = x.dtype();
-        let w = &self.weight;
-        if fused && x.is_contiguous() && w.dtype() == dtype {
-            return candle_nn::ops::rms_norm(x, w, self.eps as f32);
-        }
-        let x32 = x.to_dtype(DType::F32)?;
-        let var = x32.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = x32
-            .broadcast_div(&(var + self.eps)?.sqrt()?)?
-            .to_dtype(dtype)?;
-        if w.dtype() == dtype {
-            normed.broadcast_mul(w)
-        } else {
-            normed
-                .to_dtype(w.dtype())?
-                .broadcast_mul(w)?
-                .to_dtype(dtype)
-        }
+    /// Applies the norm (candle's kernel when the gain has `x`'s dtype; with a hand-written
+    /// backward when `x` or the gain needs a gradient: [`super::fused::rms_norm`]). A gain in
+    /// another dtype than `x` (f32 norms in a bf16 model, after
+    /// `prepare_model_for_kbit_training`) multiplies in its dtype, as transformers'
+    /// `weight * hidden.to(input_dtype)` promotes, and the result is cast back to `x`'s dtype,
+    /// the residual stream's.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        super::fused::rms_norm(x, &self.weight, self.eps)
     }
 }
 
@@ -215,11 +202,12 @@ fn rotate_half(x: &Tensor) -> candle_core::Result<Tensor> {
     Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)
 }
 
-/// Applies RoPE to `x: (B, H, T, D)` with `cos, sin: (B, T, D/2)`.
-fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor, fused: bool) -> candle_core::Result<Tensor> {
-    if fused {
-        let x = x.contiguous()?;
-        return candle_nn::rotary_emb::rope(&x, cos, sin);
+/// Applies RoPE to `x: (B, H, T, D)` with `cos, sin: (B, T, D/2)`: candle's kernel (with its
+/// backward, [`super::fused::rope`]), or the plain ops where a gradient is needed on a device
+/// without custom ops.
+fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+    if let Some(y) = super::fused::rope(x, cos, sin)? {
+        return Ok(y);
     }
     let cos = Tensor::cat(&[cos, cos], D::Minus1)?.unsqueeze(1)?; // (B, 1, T, D)
     let sin = Tensor::cat(&[sin, sin], D::Minus1)?.unsqueeze(1)?;
@@ -281,7 +269,6 @@ struct Step<'a> {
     cos: &'a Tensor,
     sin: &'a Tensor,
     mask: Option<&'a Tensor>,
-    fused: bool,
 }
 
 impl Attention {
@@ -312,8 +299,8 @@ impl Attention {
             .reshape((b, t, kv, hd))?
             .transpose(1, 2)?
             .contiguous()?;
-        let q = apply_rope(&q, step.cos, step.sin, step.fused)?;
-        let k = apply_rope(&k, step.cos, step.sin, step.fused)?.contiguous()?;
+        let q = apply_rope(&q, step.cos, step.sin)?;
+        let k = apply_rope(&k, step.cos, step.sin)?.contiguous()?;
         let (k, v) = match cache {
             Some((c, layer)) => c.append(layer, &k, &v)?,
             None => (k, v),
@@ -337,17 +324,18 @@ impl Attention {
         let v = repeat_kv(v, h / kv)?;
         let dtype = q.dtype();
         let scale = 1.0 / (hd as f64).sqrt();
+        if let Some(y) = super::fused::attention(&q, &k, &v, step.mask, scale)? {
+            let y = y.transpose(1, 2)?.reshape((b, t, h * hd))?;
+            return self.o_proj.forward(&y);
+        }
+        // Plain ops: a gradient is needed on a device without custom ops.
         let scores =
             (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?.to_dtype(DType::F32)?; // (B, H, T, S)
         let scores = match step.mask {
             Some(m) => scores.broadcast_add(m)?,
             None => scores,
         };
-        let probs = if step.fused {
-            candle_nn::ops::softmax_last_dim(&scores)?
-        } else {
-            candle_nn::ops::softmax(&scores, D::Minus1)?
-        };
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
         let y = probs.to_dtype(dtype)?.matmul(&v.contiguous()?)?; // (B, H, T, D)
         let y = y.transpose(1, 2)?.reshape((b, t, h * hd))?;
         self.o_proj.forward(&y)
@@ -879,7 +867,6 @@ impl Llama {
             }
             Input::Embeds(e) => e.to_dtype(self.dtype)?,
         };
-        let fused = cache.is_some();
         let positions = match &opts.position_ids {
             Some(p) => p.to_dtype(DType::F32)?,
             None => Tensor::arange(offset as u32, total as u32, &self.device)?
@@ -899,12 +886,11 @@ impl Llama {
             cos: &cos,
             sin: &sin,
             mask: mask.as_ref(),
-            fused,
         };
         let adapter = self.block_adapter.as_deref();
         for (i, block) in self.layers.iter().enumerate() {
             let residual = &x;
-            let n = block.input_layernorm.forward(&x, fused)?;
+            let n = block.input_layernorm.forward(&x)?;
             let mut a = block.self_attn.forward(
                 &n,
                 &step,
@@ -915,14 +901,14 @@ impl Llama {
                 a = ad.after_attention(i, &a)?;
             }
             let x1 = (residual + a)?;
-            let n = block.post_attention_layernorm.forward(&x1, fused)?;
+            let n = block.post_attention_layernorm.forward(&x1)?;
             let mut m = block.mlp.forward(&n)?;
             if let Some(ad) = adapter {
                 m = ad.after_mlp(i, &m)?;
             }
             x = (&x1 + m)?;
         }
-        Ok(self.norm.forward(&x, fused)?)
+        Ok(self.norm.forward(&x)?)
     }
 
     /// Additive mask `(B|1, 1, T, S)`: 0 where query `i` may attend key `j`, the lowest f32

@@ -1,8 +1,10 @@
 //! The transformer and everything needed to load, tokenize and generate with it.
 
 pub mod chat_template;
+pub(crate) mod autograd;
 pub mod config;
 pub mod frozen;
+pub(crate) mod fused;
 pub mod generate;
 pub mod gguf;
 pub mod hub;

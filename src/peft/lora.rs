@@ -28,6 +28,8 @@ use std::sync::Mutex;
 use candle_core::{DType, Device, Tensor, Var};
 
 use crate::model::linear::{linear_forward, Linear, LinearLayer};
+
+use super::lora_delta::lora_delta;
 use crate::peft::dropout::{dropout_key, DropoutRng};
 use crate::{Error, Result};
 
@@ -262,9 +264,16 @@ impl LinearLayer for LoraLayer {
                     None => candle_nn::ops::dropout(&h, a.dropout as f32)?,
                 };
             }
-            // Scale the r-wide intermediate, not the [.., out] result: one pass less.
-            let xa = (linear_forward(&h, a.lora_a.as_tensor(), None)? * a.scaling)?;
-            let lora = linear_forward(&xa, a.lora_b.as_tensor(), None)?;
+            let (la, lb) = (a.lora_a.as_tensor(), a.lora_b.as_tensor());
+            let lora = match (&a.magnitude, lora_delta(&h, la, lb, a.scaling)?) {
+                // Training: one op with its own backward (lora_delta.rs).
+                (None, Some(delta)) => delta,
+                _ => {
+                    // Scale the r-wide intermediate, not the [.., out] result: one pass less.
+                    let xa = (linear_forward(&h, la, None)? * a.scaling)?;
+                    linear_forward(&xa, lb, None)?
+                }
+            };
             match &a.magnitude {
                 None => {
                     let dt = y.dtype();

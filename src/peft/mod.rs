@@ -28,6 +28,7 @@ mod init;
 pub mod io;
 pub mod kbit;
 pub mod lora;
+mod lora_delta;
 pub mod merge;
 pub mod model;
 pub mod modules_to_save;
