@@ -1,7 +1,7 @@
 //! The transformer and everything needed to load, tokenize and generate with it.
 
-pub mod chat_template;
 pub(crate) mod autograd;
+pub mod chat_template;
 pub mod config;
 pub mod frozen;
 pub(crate) mod fused;
