@@ -15,12 +15,14 @@ pub mod html;
 pub mod peft;
 pub mod quant;
 pub mod tensor;
+pub mod train;
 
 pub use candle_core;
 pub use candle_core::{DType, Device, Tensor};
 pub use candle_nn;
 pub use display::{EvcxrDisplay, Html};
 pub use tensor::{tensor_stats, TensorStats};
+pub use train::{TokenCell, TokenView};
 pub use tunelab;
 pub use tunelab::model::generate::{FinishReason, Generation, GenerationConfig};
 pub use tunelab::model::summary::ModelSummary;
