@@ -13,6 +13,8 @@ pub mod memory;
 pub mod model;
 pub mod peft;
 pub mod quant;
+#[cfg(test)]
+mod test_util;
 pub mod train;
 pub mod viz;
 

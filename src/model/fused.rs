@@ -160,20 +160,8 @@ pub(crate) fn attention(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::max_abs_diff;
     use candle_core::{Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// A fixed random cotangent so the loss `Σ y ⊙ c` exercises every output element.
     fn cotangent(shape: &[usize], seed: u64) -> Tensor {
@@ -209,14 +197,22 @@ mod tests {
         };
         let (y0, gx0, gw0) = run(false);
         let (y1, gx1, gw1) = run(true);
-        assert!(max_diff(&y0, &y1) < 1e-5);
-        assert!(max_diff(&gx0, &gx1) < 1e-5, "{}", max_diff(&gx0, &gx1));
-        assert!(max_diff(&gw0, &gw1) < 1e-5, "{}", max_diff(&gw0, &gw1));
+        assert!(max_abs_diff(&y0, &y1) < 1e-5);
+        assert!(
+            max_abs_diff(&gx0, &gx1) < 1e-5,
+            "{}",
+            max_abs_diff(&gx0, &gx1)
+        );
+        assert!(
+            max_abs_diff(&gw0, &gw1) < 1e-5,
+            "{}",
+            max_abs_diff(&gw0, &gw1)
+        );
         // A frozen gain gets no gradient, the input still does.
         let frozen = w.as_tensor().detach();
         let y = rms_norm(x.as_tensor(), &frozen, 1e-5).unwrap();
         let g = (&y * &c).unwrap().sum_all().unwrap().backward().unwrap();
-        assert!(max_diff(g.get(x.as_tensor()).unwrap(), &gx0) < 1e-5);
+        assert!(max_abs_diff(g.get(x.as_tensor()).unwrap(), &gx0) < 1e-5);
         let _ = dev;
     }
 
@@ -243,8 +239,8 @@ mod tests {
             .unwrap()
         };
         let g0 = (&y0 * &c).unwrap().sum_all().unwrap().backward().unwrap();
-        assert!(max_diff(&y0, &y) < 1e-6);
-        let d = max_diff(
+        assert!(max_abs_diff(&y0, &y) < 1e-6);
+        let d = max_abs_diff(
             g0.get(x.as_tensor()).unwrap(),
             g1.get(x.as_tensor()).unwrap(),
         );
@@ -292,9 +288,9 @@ mod tests {
         .unwrap()
         .unwrap();
         let g1 = (&y1 * &c).unwrap().sum_all().unwrap().backward().unwrap();
-        assert!(max_diff(&y0, &y1) < 1e-6);
+        assert!(max_abs_diff(&y0, &y1) < 1e-6);
         for (name, var) in [("q", &q), ("k", &k), ("v", &v)] {
-            let d = max_diff(
+            let d = max_abs_diff(
                 g0.get(var.as_tensor()).unwrap(),
                 g1.get(var.as_tensor()).unwrap(),
             );

@@ -73,6 +73,7 @@ pub(crate) fn lora_delta(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::max_abs_diff;
     use candle_core::{Device, Var};
 
     /// Value and the gradients of h, A and B equal candle's autograd on the plain ops.
@@ -95,19 +96,7 @@ mod tests {
         let fused = lora_delta(h.as_tensor(), a.as_tensor(), b.as_tensor(), s)
             .unwrap()
             .unwrap();
-        let diff = |x: &Tensor, y: &Tensor| {
-            (x - y)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
-        assert!(diff(&plain, &fused) < 1e-5);
+        assert!(max_abs_diff(&plain, &fused) < 1e-5);
         let g0 = (&plain * &c)
             .unwrap()
             .sum_all()
@@ -121,7 +110,7 @@ mod tests {
             .backward()
             .unwrap();
         for (name, v) in [("h", &h), ("A", &a), ("B", &b)] {
-            let d = diff(
+            let d = max_abs_diff(
                 g0.get(v.as_tensor()).unwrap(),
                 g1.get(v.as_tensor()).unwrap(),
             );

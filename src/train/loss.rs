@@ -104,6 +104,7 @@ pub fn causal_lm_loss(logits: &Tensor, labels: &[Vec<i64>]) -> Result<(Tensor, u
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::max_abs_diff;
     use candle_core::Device;
 
     /// Against candle-nn's cross-entropy (mean over rows) on the kept targets only.
@@ -147,16 +148,10 @@ mod tests {
         assert_eq!(a, b);
         let ga = fused.backward().unwrap();
         let gb = plain.backward().unwrap();
-        let d = (ga.get(v.as_tensor()).unwrap() - gb.get(v.as_tensor()).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(
+            ga.get(v.as_tensor()).unwrap(),
+            gb.get(v.as_tensor()).unwrap(),
+        );
         assert!(d < 1e-6, "{d}");
     }
 
