@@ -81,6 +81,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--gradient-checkpointing", action="store_true",
+                    help="model.gradient_checkpointing_enable() (non-reentrant), as the trainer's option")
     args = ap.parse_args()
 
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -95,6 +97,8 @@ def main():
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
     cfg = peft.LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", lora_dropout=0.0,
                           task_type="CAUSAL_LM")
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = peft.get_peft_model(model, cfg)
     load_s = time.perf_counter() - t
     model.train()
@@ -136,6 +140,7 @@ def main():
     step_s = statistics.median(secs)
     print(json.dumps({
         "impl": "torch+peft",
+        "gradient_checkpointing": args.gradient_checkpointing,
         "torch": torch.__version__, "transformers": transformers.__version__,
         "peft": peft.__version__, "threads": torch.get_num_threads(),
         "attn_implementation": getattr(model.config, "_attn_implementation", None),

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One LoRA training step of SmolLM2-135M-Instruct on CPU (batch 4 x 256, r=16, f32):
-# tunelab vs PyTorch + peft, same machine, same run.   benches/run_sft_step.sh [RUNS] [ROUNDS]
+# tunelab vs PyTorch + peft, same machine, same run.
+#   benches/run_sft_step.sh [RUNS] [ROUNDS] [--gradient-checkpointing]
 # Each round runs benches/sft_step.rs and then benches/peer_torch_sft_step.py, each in its own
 # process (peak RSS per process), RUNS timed steps each after one warm-up step.
 # Needs a Python with torch + transformers + peft (scripts/ref/requirements.txt); set PYTHON.
@@ -13,6 +14,10 @@ ROUNDS="${2:-1}"
 PYTHON="${PYTHON:-/tmp/pyref/venv/bin/python}"
 DIR="${SFT_BENCH_DIR:-/tmp/sft-step-bench}"
 EXTRA="${SFT_BENCH_ARGS:-}" # e.g. --profile
+# --gradient-checkpointing as a third argument runs both sides with it.
+GC="${3:-}"
+PEER_EXTRA=""
+if [ "$GC" = "--gradient-checkpointing" ]; then EXTRA="$EXTRA $GC"; PEER_EXTRA="$GC"; fi
 # Build once and run that executable in every round (no rebuild or cargo lock between rounds).
 BIN=$(cargo bench --profile dev --bench sft_step --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)
 [ -x "$BIN" ] || { echo "could not build benches/sft_step.rs" >&2; exit 1; }
@@ -27,7 +32,7 @@ for round in $(seq 1 "$ROUNDS"); do
   ours=$("$BIN" --runs "$RUNS" $EXTRA 2>/dev/null | tail -1)
   lines+=("$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["round"]=int(sys.argv[2]); d["load_before"]=float(sys.argv[3]); print(json.dumps(d))' "$ours" "$round" "$l")")
   l=$(load)
-  peer=$("$PYTHON" benches/peer_torch_sft_step.py --model "$DIR/hf" --runs "$RUNS" --threads 2 2>/dev/null | tail -1)
+  peer=$("$PYTHON" benches/peer_torch_sft_step.py --model "$DIR/hf" --runs "$RUNS" --threads 2 $PEER_EXTRA 2>/dev/null | tail -1)
   lines+=("$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["round"]=int(sys.argv[2]); d["load_before"]=float(sys.argv[3]); print(json.dumps(d))' "$peer" "$round" "$l")")
 done
 printf '%s\n' "${lines[@]}"

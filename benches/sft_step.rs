@@ -12,6 +12,7 @@
 //! cargo bench --profile dev --bench sft_step -- [--runs 5] [--warmup 1] [--profile]
 //! cargo bench --profile dev --bench sft_step -- --export DIR   # the f32 model as a HF dir
 //! cargo bench --profile dev --bench sft_step -- --gemm         # the one-layer experiment only
+//! cargo bench --profile dev --bench sft_step -- --gradient-checkpointing   # the trainer's option
 //! ```
 //!
 //! Prints one JSON line: the median step time and tokens/s over `--runs` steps after `--warmup`
@@ -190,6 +191,7 @@ fn main() -> tunelab::Result<()> {
     let batch: usize = common::arg("--batch", 4);
     let export: String = common::arg("--export", String::new());
     let profile = std::env::args().any(|a| a == "--profile");
+    let checkpointing = std::env::args().any(|a| a == "--gradient-checkpointing");
 
     if std::env::args().any(|a| a == "--gemm") {
         // The one-layer experiment alone, without loading the model.
@@ -233,6 +235,7 @@ fn main() -> tunelab::Result<()> {
     args.full_sequence_loss = true;
     args.save_strategy = IntervalStrategy::No;
     args.progress = ProgressStyle::Silent;
+    args.gradient_checkpointing = checkpointing;
     let mut trainer = Trainer::new(peft, args, batcher.clone(), None)?;
 
     let rss_after_load = status_mb("VmRSS:");
@@ -242,6 +245,7 @@ fn main() -> tunelab::Result<()> {
     let tokens = (batch * seq) as f64;
     let mut report = serde_json::json!({
         "impl": "tunelab",
+        "gradient_checkpointing": checkpointing,
         "model": "SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to f32)",
         "threads": candle_core::utils::get_num_threads(),
         "batch": batch, "seq": seq, "runs": runs, "warmup": warmup,

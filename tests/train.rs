@@ -1,6 +1,7 @@
 //! The trainer on the tiny random model: the loss falls; a resumed run continues the exact
 //! loss curve; gradient accumulation equals a larger batch; a NaN stops training and keeps
-//! the last checkpoint; bad output directories are reported; full fine-tuning shares the loop.
+//! the last checkpoint; bad output directories are reported; full fine-tuning shares the loop;
+//! gradient checkpointing gives the same gradients.
 
 mod common;
 
@@ -267,6 +268,72 @@ fn gradient_accumulation_equals_a_four_times_larger_batch() {
     assert!(worst < 5e-6, "{worst}");
 }
 
+/// The largest relative difference between two runs' gradients, name by name.
+fn worst_rel(ga: &[(String, Option<Tensor>)], gb: &[(String, Option<Tensor>)]) -> f32 {
+    let mut worst = 0.0f32;
+    for ((na, ta), (nb, tb)) in ga.iter().zip(gb) {
+        assert_eq!(na, nb);
+        match (ta, tb) {
+            (Some(ta), Some(tb)) => worst = worst.max(common::max_rel_diff(ta, tb)),
+            (None, None) => {}
+            _ => panic!("{na}: a gradient on one side only"),
+        }
+    }
+    worst
+}
+
+/// Gradient checkpointing gives the gradients and losses of the ordinary backward: LoRA with
+/// seeded dropout (the re-run layers draw the same masks), packing-free padded batches, two
+/// steps; and full fine-tuning, whose embeddings get their gradient after the layers'.
+#[test]
+fn gradient_checkpointing_gives_the_same_gradients() {
+    let dir = tempfile::tempdir().unwrap();
+    let with = |on: bool| TrainingArgs {
+        gradient_checkpointing: on,
+        gradient_accumulation_steps: 2,
+        ..args(dir.path())
+    };
+    let mut a = Trainer::new(
+        lora(6, 0.1),
+        with(false),
+        batcher(examples(16), 4, true),
+        None,
+    )
+    .unwrap();
+    let mut b = Trainer::new(
+        lora(6, 0.1),
+        with(true),
+        batcher(examples(16), 4, true),
+        None,
+    )
+    .unwrap();
+    a.train_steps(2).unwrap();
+    b.train_steps(2).unwrap();
+    let (la, lb) = (a.history().losses(), b.history().losses());
+    for (x, y) in la.iter().zip(&lb) {
+        assert!((x - y).abs() <= 1e-6 * x.abs(), "losses {la:?} vs {lb:?}");
+    }
+    let (_, ga) = a.next_step_gradients().unwrap();
+    let (_, gb) = b.next_step_gradients().unwrap();
+    let worst = worst_rel(&ga, &gb);
+    println!("LoRA: max relative gradient difference {worst:e}");
+    assert!(worst < 1e-5, "{worst}");
+
+    let full = |on: bool| {
+        let model = FullFineTune::new(tiny(9)).unwrap();
+        Trainer::new(model, with(on), batcher(examples(8), 4, false), None).unwrap()
+    };
+    let (mut a, mut b) = (full(false), full(true));
+    let (_, ga) = a.next_step_gradients().unwrap();
+    let (_, gb) = b.next_step_gradients().unwrap();
+    assert!(ga
+        .iter()
+        .any(|(n, g)| n.contains("embed_tokens") && g.is_some()));
+    let worst = worst_rel(&ga, &gb);
+    println!("full fine-tuning: max relative gradient difference {worst:e}");
+    assert!(worst < 1e-5, "{worst}");
+}
+
 /// A PEFT model whose auxiliary loss turns NaN at a given step.
 struct NanAt {
     inner: PeftModel,
@@ -386,13 +453,6 @@ fn bad_arguments_name_the_field() {
             "warmup_ratio",
             TrainingArgs {
                 warmup_ratio: 1.5,
-                ..args(dir.path())
-            },
-        ),
-        (
-            "gradient_checkpointing",
-            TrainingArgs {
-                gradient_checkpointing: true,
                 ..args(dir.path())
             },
         ),

@@ -40,6 +40,9 @@ use crate::error::{Error, Result};
 use crate::model::config::{Config, Llama3RopeScaling};
 use crate::model::linear::{Dense, Linear};
 
+mod checkpoint;
+pub use checkpoint::CheckpointedForward;
+
 /// Per-layer keys and values of the tokens seen so far, for incremental decoding.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
@@ -269,6 +272,23 @@ struct Step<'a> {
     cos: &'a Tensor,
     sin: &'a Tensor,
     mask: Option<&'a Tensor>,
+}
+
+/// The tensors of a [`Step`], owned.
+struct StepTensors {
+    cos: Tensor,
+    sin: Tensor,
+    mask: Option<Tensor>,
+}
+
+impl StepTensors {
+    fn step(&self) -> Step<'_> {
+        Step {
+            cos: &self.cos,
+            sin: &self.sin,
+            mask: self.mask.as_ref(),
+        }
+    }
 }
 
 impl Attention {
@@ -803,13 +823,15 @@ impl Llama {
         Ok(p)
     }
 
-    fn decode(
+    /// Checks the input and computes what every layer shares: the input embeddings, RoPE's
+    /// cos/sin and the attention mask.
+    fn prepare(
         &self,
         input: Input,
         opts: &ForwardOptions,
         prefix: Option<&[(Tensor, Tensor)]>,
-        mut cache: Option<&mut KvCache>,
-    ) -> Result<Tensor> {
+        cache: Option<&KvCache>,
+    ) -> Result<(Tensor, StepTensors)> {
         let hidden = self.config.hidden_size;
         let (b, t) = match input {
             Input::Ids(ids) => ids.dims2().map_err(|_| {
@@ -835,7 +857,7 @@ impl Llama {
             };
             return Err(Error::Input(format!("{what} is empty (seq_len 0)")));
         }
-        let cached = cache.as_ref().map_or(0, |c| c.seq_len());
+        let cached = cache.map_or(0, |c| c.seq_len());
         let prefix_len = match prefix {
             Some(p) => self.check_prefix(p, b, cached)?,
             None => 0,
@@ -853,7 +875,7 @@ impl Llama {
                 self.config.max_position_embeddings
             )));
         }
-        let mut x = match input {
+        let x = match input {
             Input::Ids(input_ids) => {
                 let vocab = self.config.vocab_size as u32;
                 let ids = input_ids.to_dtype(DType::U32)?;
@@ -882,33 +904,49 @@ impl Llama {
         let cos = freqs.cos()?.to_dtype(self.dtype)?.contiguous()?;
         let sin = freqs.sin()?.to_dtype(self.dtype)?.contiguous()?;
         let mask = self.attention_mask(b, t, offset, cached, opts)?;
-        let step = Step {
-            cos: &cos,
-            sin: &sin,
-            mask: mask.as_ref(),
-        };
-        let adapter = self.block_adapter.as_deref();
-        for (i, block) in self.layers.iter().enumerate() {
-            let residual = &x;
-            let n = block.input_layernorm.forward(&x)?;
-            let mut a = block.self_attn.forward(
-                &n,
-                &step,
-                prefix.map(|p| &p[i]),
-                cache.as_deref_mut().map(|c| (c, i)),
-            )?;
-            if let Some(ad) = adapter {
-                a = ad.after_attention(i, &a)?;
-            }
-            let x1 = (residual + a)?;
-            let n = block.post_attention_layernorm.forward(&x1)?;
-            let mut m = block.mlp.forward(&n)?;
-            if let Some(ad) = adapter {
-                m = ad.after_mlp(i, &m)?;
-            }
-            x = (&x1 + m)?;
+        Ok((x, StepTensors { cos, sin, mask }))
+    }
+
+    fn decode(
+        &self,
+        input: Input,
+        opts: &ForwardOptions,
+        prefix: Option<&[(Tensor, Tensor)]>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let (mut x, tensors) = self.prepare(input, opts, prefix, cache.as_deref())?;
+        let step = tensors.step();
+        for i in 0..self.layers.len() {
+            let c = cache.as_deref_mut().map(|c| (c, i));
+            x = self.block_forward(i, &x, &step, prefix.map(|p| &p[i]), c)?;
         }
         Ok(self.norm.forward(&x)?)
+    }
+
+    /// Decoder layer `i`: `x + attn(norm(x))`, then `+ mlp(norm(·))`, with the block adapter's
+    /// hooks.
+    fn block_forward(
+        &self,
+        i: usize,
+        x: &Tensor,
+        step: &Step,
+        prefix: Option<&(Tensor, Tensor)>,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> candle_core::Result<Tensor> {
+        let block = &self.layers[i];
+        let adapter = self.block_adapter.as_deref();
+        let n = block.input_layernorm.forward(x)?;
+        let mut a = block.self_attn.forward(&n, step, prefix, cache)?;
+        if let Some(ad) = adapter {
+            a = ad.after_attention(i, &a)?;
+        }
+        let x1 = (x + a)?;
+        let n = block.post_attention_layernorm.forward(&x1)?;
+        let mut m = block.mlp.forward(&n)?;
+        if let Some(ad) = adapter {
+            m = ad.after_mlp(i, &m)?;
+        }
+        x1 + m
     }
 
     /// Additive mask `(B|1, 1, T, S)`: 0 where query `i` may attend key `j`, the lowest f32

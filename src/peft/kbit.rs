@@ -11,9 +11,9 @@
 //!    the report says why — the normalisation itself already runs in f32). Embeddings,
 //!    `lm_head` and other dense layers stay in the model's dtype: tunelab's residual stream
 //!    runs in it. LoRA's A and B are f32 in any case.
-//! 3. Gradient checkpointing (`use_gradient_checkpointing=True`, peft's default): **not
-//!    available yet** — backward keeps every layer's activations. The report says so rather
-//!    than pretending; smaller micro-batches with gradient accumulation save the same memory.
+//! 3. Gradient checkpointing (`use_gradient_checkpointing=True`, peft's default): in tunelab it
+//!    is the trainer's switch, not the model's (`TrainingArgs::gradient_checkpointing`); the
+//!    report says so.
 
 use candle_core::{DType, Tensor};
 use serde::Serialize;
@@ -121,7 +121,7 @@ pub fn prepare_model_for_kbit_training(
         .notes
         .push("LoRA's A and B are f32 whatever the model's dtype".into());
     if use_gradient_checkpointing {
-        report.notes.push("use_gradient_checkpointing: not available yet — backward keeps every layer's activations; lower the micro-batch and raise gradient_accumulation_steps to save the same memory".into());
+        report.notes.push("use_gradient_checkpointing: tunelab checkpoints in the trainer, not in the model — set TrainingArgs.gradient_checkpointing = true".into());
     }
     Ok(report)
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 use candle_core::{Tensor, Var};
 
 use crate::model::linear::Linear;
-use crate::model::llama::{ForwardOptions, Llama};
+use crate::model::llama::{CheckpointedForward, ForwardOptions, Llama};
 use crate::peft::dropout::DropoutRng;
 use crate::peft::io::save_adapter;
 use crate::peft::PeftModel;
@@ -24,6 +24,17 @@ pub trait Trainable {
     /// to the rows that have a target.
     fn hidden_states(&self, input_ids: &Tensor, opts: &ForwardOptions) -> Result<Tensor> {
         self.llama().forward_hidden(input_ids, opts, None)
+    }
+
+    /// [`Trainable::hidden_states`] with gradient checkpointing per decoder layer: the states
+    /// and what [`Llama::backward_checkpointed`] needs to carry their gradient back through the
+    /// layers. A model that overrides `hidden_states` must override this too.
+    fn hidden_states_checkpointed(
+        &self,
+        input_ids: &Tensor,
+        opts: &ForwardOptions,
+    ) -> Result<(Tensor, CheckpointedForward)> {
+        self.llama().forward_hidden_checkpointed(input_ids, opts)
     }
 
     /// The output projection.

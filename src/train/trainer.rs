@@ -349,12 +349,29 @@ impl<M: Trainable> Trainer<M> {
             acc.tokens += batch.num_tokens;
             self.dropout.set_tick(step as u64 * accum + j as u64);
             let mut loss = None;
+            let mut checkpointed = None;
             if !rows.is_empty() {
-                let sum = self.target_loss_sum(batch, rows, tgt)?;
+                let sum = if self.args.gradient_checkpointing {
+                    let (h, ck) = self
+                        .model
+                        .hidden_states_checkpointed(&batch.input_ids, &batch.forward_options())?;
+                    checkpointed = Some(ck);
+                    self.head_loss_sum(&h, rows, tgt)?
+                } else {
+                    self.target_loss_sum(batch, rows, tgt)?
+                };
                 loss_sum += sum.to_scalar::<f32>()? as f64;
                 loss = Some((sum / n_targets as f64)?);
             }
             if let Some(aux) = self.model.aux_loss()? {
+                if self.args.gradient_checkpointing {
+                    return Err(Error::Training(
+                        "gradient_checkpointing: the model adds an auxiliary loss, whose \
+                         gradient a checkpointed forward does not carry back through the layers; \
+                         set gradient_checkpointing to false"
+                            .into(),
+                    ));
+                }
                 let aux = aux.to_dtype(candle_core::DType::F32)?;
                 *acc.aux_loss.get_or_insert(0.0) +=
                     aux.to_scalar::<f32>()? as f64 / micro.len() as f64;
@@ -366,12 +383,16 @@ impl<M: Trainable> Trainer<M> {
             }
             let Some(loss) = loss else { continue };
             let g = loss.backward()?;
-            for (slot, var) in acc.grads.iter_mut().zip(&vars) {
-                if let Some(gi) = g.get(var.as_tensor()) {
-                    *slot = Some(match slot.take() {
-                        Some(sum) => (sum + gi)?,
-                        None => gi.clone(),
-                    });
+            add_grads(&mut acc.grads, &vars, &g)?;
+            if let Some(ck) = checkpointed {
+                if let Some(grad_last) = g.get(ck.last_hidden()).cloned() {
+                    drop(g);
+                    let grads = &mut acc.grads;
+                    self.model
+                        .llama()
+                        .backward_checkpointed(ck, &grad_last, &mut |store| {
+                            add_grads(grads, &vars, store)
+                        })?;
                 }
             }
         }
@@ -465,6 +486,11 @@ impl<M: Trainable> Trainer<M> {
         let h = self
             .model
             .hidden_states(&batch.input_ids, &batch.forward_options())?;
+        self.head_loss_sum(&h, rows, targets)
+    }
+
+    /// `Σ CE` of the final hidden states `h: (B, T, C)` on the target rows.
+    fn head_loss_sum(&self, h: &Tensor, rows: &[u32], targets: &[u32]) -> Result<Tensor> {
         let (b, t, c) = h.dims3()?;
         let flat = h.narrow(1, 0, t - 1)?.reshape((b * (t - 1), c))?;
         let picked = flat.index_select(&Tensor::new(rows, &self.device)?, 0)?;
@@ -592,4 +618,21 @@ impl<M: Trainable> Trainer<M> {
         self.last_checkpoint = Some(dir.to_path_buf());
         Ok(())
     }
+}
+
+/// Adds the gradients that `store` holds for `vars` into `slots` (one per var).
+fn add_grads(
+    slots: &mut [Option<Tensor>],
+    vars: &[candle_core::Var],
+    store: &candle_core::backprop::GradStore,
+) -> Result<()> {
+    for (slot, var) in slots.iter_mut().zip(vars) {
+        if let Some(gi) = store.get(var.as_tensor()) {
+            *slot = Some(match slot.take() {
+                Some(sum) => (sum + gi)?,
+                None => gi.clone(),
+            });
+        }
+    }
+    Ok(())
 }
