@@ -24,7 +24,8 @@
 //! an input needs a gradient (training), a hand-written backward that keeps one tensor each
 //! instead of every intermediate — gradients reach every adapter at a fraction of candle's
 //! autograd memory, and training, evaluation and generation compute the same forward. Plain
-//! differentiable ops remain for a device without custom ops (tested to agree).
+//! differentiable ops remain for a device without custom ops (`model::fused`'s tests compare
+//! every value and gradient with them).
 //!
 //! Hooks for the PEFT methods that act outside a projection: [`Llama::forward_hidden_embeds`]
 //! takes input embeddings instead of ids (prompt tuning) and per-layer key/value prefixes
