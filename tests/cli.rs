@@ -20,6 +20,7 @@ fn sft_trains_saves_merges_and_answers() {
         .arg(&gguf)
         .args(["--device", "cpu", "--data", data, "--eval-fraction", "0.05"])
         .args(["--steps", "2", "--batch-size", "2", "--max-length", "64"])
+        .arg("--gradient-checkpointing")
         .args(["--prompt", "Hi!", "--max-new-tokens", "4", "--out"])
         .arg(out.path())
         .output()
