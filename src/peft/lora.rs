@@ -30,6 +30,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use crate::model::linear::{linear_forward, Linear, LinearLayer};
 
 use super::lora_delta::lora_delta;
+use super::lora_eval::add_lora_eval;
 use crate::peft::dropout::{dropout_key, DropoutRng};
 use crate::{Error, Result};
 
@@ -252,6 +253,11 @@ impl LinearLayer for LoraLayer {
                     cache.insert(name.clone(), (at, bt)); // s·Bᵀ: [r, out]
                 }
                 let (at, sbt) = &cache[name];
+                if let Some(sum) = add_lora_eval(&y, x, at, sbt)? {
+                    // f32 on the CPU: both products on this thread (lora_eval.rs).
+                    y = sum;
+                    continue;
+                }
                 let lora = matmul_2d(&matmul_2d(&to_f32(x)?, at)?, sbt)?;
                 let dt = y.dtype();
                 y = (y + to_dtype(lora, dt)?)?;

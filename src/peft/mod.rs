@@ -29,6 +29,7 @@ pub mod io;
 pub mod kbit;
 pub mod lora;
 mod lora_delta;
+mod lora_eval;
 pub mod merge;
 pub mod model;
 pub mod modules_to_save;
