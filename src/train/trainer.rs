@@ -365,6 +365,7 @@ impl<M: Trainable> Trainer<M> {
             }
             if let Some(aux) = self.model.aux_loss()? {
                 if self.args.gradient_checkpointing {
+                    self.model.set_training(false)?;
                     return Err(Error::Training(
                         "gradient_checkpointing: the model adds an auxiliary loss, whose \
                          gradient a checkpointed forward does not carry back through the layers; \
