@@ -8,6 +8,7 @@
 
 pub mod data;
 pub mod device;
+mod downcast;
 pub mod error;
 pub mod memory;
 pub mod model;

@@ -12,11 +12,12 @@
 
 use std::time::Instant;
 
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use crate::error::{Error, Result};
 use crate::model::chat_template::Message;
+use crate::model::config::Config;
 use crate::model::llama::{KvCache, Llama};
 use crate::model::tokenizer::Tokenizer;
 
@@ -232,10 +233,36 @@ pub fn sample(logits: &[f32], cfg: &GenerationConfig, rng: &mut StdRng) -> u32 {
     idx[probs.len() - 1] as u32
 }
 
+/// What generation needs of a model: its config and device, and the logits of the next token.
+/// Implemented by [`Llama`] and, through `peft::PeftMethod`, by every PEFT method (prompt
+/// tuning puts its virtual tokens first, prefix tuning starts the cache from its prefix).
+pub trait CausalLm {
+    /// The model's configuration (context length, EOS ids).
+    fn config(&self) -> &Config;
+    /// The device the model runs on.
+    fn device(&self) -> &Device;
+    /// Logits `(1, V)` (f32) of the last position of `input_ids: (1, T)`, the keys and values
+    /// appended to `cache`. The first call gets an empty cache and the whole prompt; each later
+    /// call one new token.
+    fn next_logits(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor>;
+}
+
+impl CausalLm for Llama {
+    fn config(&self) -> &Config {
+        Llama::config(self)
+    }
+    fn device(&self) -> &Device {
+        Llama::device(self)
+    }
+    fn next_logits(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        self.forward_last(input_ids, Some(cache))
+    }
+}
+
 /// Generates from `prompt_ids`, calling `on_text` with each new piece of text as soon as it
 /// is complete (for streaming).
 pub fn generate_ids(
-    model: &Llama,
+    model: &dyn CausalLm,
     tokenizer: &Tokenizer,
     prompt_ids: &[u32],
     cfg: &GenerationConfig,
@@ -268,7 +295,7 @@ pub fn generate_ids(
 
     let start = Instant::now();
     let input = Tensor::new(prompt_ids, device)?.unsqueeze(0)?;
-    let mut logits = model.forward_last(&input, Some(&mut cache))?;
+    let mut logits = model.next_logits(&input, &mut cache)?;
     let prefill_seconds = start.elapsed().as_secs_f64();
     let start = Instant::now();
     while generated.len() < cfg.max_new_tokens {
@@ -313,7 +340,7 @@ pub fn generate_ids(
         }
         if generated.len() < cfg.max_new_tokens {
             let input = Tensor::new(&[next], device)?.unsqueeze(0)?;
-            logits = model.forward_last(&input, Some(&mut cache))?;
+            logits = model.next_logits(&input, &mut cache)?;
         }
     }
     if !matches!(finish, FinishReason::StopString(_)) {
@@ -337,7 +364,7 @@ pub fn generate_ids(
 /// Generates a continuation of `prompt` (special-token markup in it is recognised; BOS is
 /// added if the tokenizer asks for it).
 pub fn generate(
-    model: &Llama,
+    model: &dyn CausalLm,
     tokenizer: &Tokenizer,
     prompt: &str,
     cfg: &GenerationConfig,
@@ -350,7 +377,7 @@ pub fn generate(
 /// Renders `messages` with the model's own chat template (with the generation prompt) and
 /// generates the assistant's answer.
 pub fn chat(
-    model: &Llama,
+    model: &dyn CausalLm,
     tokenizer: &Tokenizer,
     messages: &[Message],
     cfg: &GenerationConfig,

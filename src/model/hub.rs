@@ -174,10 +174,7 @@ pub fn download(repo_id: &str, opts: &HubOptions) -> Result<PathBuf> {
             Ok(Err(e)) => e.to_string(),
             Err(p) => format!(
                 "the hub client panicked on the answer ({})",
-                p.downcast_ref::<&str>()
-                    .copied()
-                    .or(p.downcast_ref::<String>().map(String::as_str))
-                    .unwrap_or("no message")
+                crate::downcast::panic_message(p.as_ref()).unwrap_or("no message")
             ),
         };
         Err(Error::NotFound(format!(

@@ -3,65 +3,167 @@
 //! `y = x·Wᵀ + b`, with `W` of shape `[out_features, in_features]` as in PyTorch's `nn.Linear`.
 //!
 //! This is the seam of the library: the model holds each projection (`q_proj`, ..., `down_proj`,
-//! `lm_head`) as a [`Linear`], a box around any [`LinearLayer`]. Quantization swaps a [`Dense`]
-//! for a quantized layer and PEFT wraps a layer in a LoRA layer, both through
-//! [`crate::model::llama::Llama::replace_linear`] — neither ever edits the model's code. A layer
-//! implementation lives with its concept (quant/, peft/); this file only defines the trait and
-//! the plain dense layer.
+//! `lm_head`) as a [`Linear`], a box around any [`LinearLayer`], addressed by its HF module path
+//! (`model.layers.0.self_attn.q_proj`). Quantization swaps a [`Dense`] for a quantized layer and
+//! PEFT wraps a layer in a LoRA layer, both through [`crate::model::llama::Llama::map_linear`];
+//! neither edits the model's code.
+//!
+//! What callers need of a layer is part of the trait, as *capabilities* with defaults, so that
+//! nobody downcasts to find out:
+//!
+//! | capability | leaf layers (dense, quantized) | wrappers (LoRA, modules_to_save) |
+//! |---|---|---|
+//! | [`base`](LinearLayer::base) | `None` | the wrapped layer |
+//! | [`quantized`](LinearLayer::quantized) | the packed storage, if quantized | the base's |
+//! | [`bias`](LinearLayer::bias) / [`set_bias`](LinearLayer::set_bias) | their own | the base's |
+//! | [`dense_weight`](LinearLayer::dense_weight) | `W` (dequantized) | what forward uses (`W + ΔW`) |
+//! | [`trainable_parameters`](LinearLayer::trainable_parameters) | none | A, B, m ... by peft name |
+//! | [`set_training`](LinearLayer::set_training) | nothing to do | dropout on/off, evaluation copies |
+//!
+//! Widths, dtype, device, parameter and byte counts default to the base's, so a wrapper writes
+//! only what it changes. A new layer kind is one new file implementing the trait (it must be
+//! `Clone`, which is cheap: tensors are reference-counted); no other file learns its name.
+//! A module that needs *its own* type back from a slot (peft switching adapters) uses
+//! [`Linear::get`] / [`Linear::get_mut`].
 
-use std::any::Any;
+use std::borrow::Cow;
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor, Var};
+
+use crate::{Error, Result};
+
+pub use super::quantized::QuantizedWeight;
 
 /// A linear map `[.., in_features] -> [.., out_features]` the model can hold.
 ///
-/// Implementations: [`Dense`] here; quantized layers in `quant/`, LoRA-family wrappers in `peft/`.
-pub trait LinearLayer: Send + Sync + std::fmt::Debug + Any {
+/// Implementations: [`Dense`] here; `QLinear` in `quant/`; `LoraLayer` and
+/// `ModulesToSaveLayer` in `peft/`. A *leaf* layer (no [`base`](LinearLayer::base)) must
+/// implement the widths, [`dense_weight`](LinearLayer::dense_weight), the counts, dtype and
+/// device; a wrapper inherits them from its base.
+pub trait LinearLayer: Send + Sync + std::fmt::Debug + std::any::Any + CloneLayer {
     /// `y = x·Wᵀ + b` for `x` of shape `(.., in_features)`.
     ///
     /// # Shapes
     /// `x: (B, T, in)` or `(N, in)` → `(B, T, out)` or `(N, out)`.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor>;
+
+    /// This layer's short name ("dense", "nf4", "lora", ...); [`Linear::kind`] spells out the
+    /// whole stack ("lora(nf4)").
+    fn kind(&self) -> &str;
+
+    /// The layer under a wrapper (a LoRA layer's base layer), `None` for a leaf.
+    fn base(&self) -> Option<&Linear> {
+        None
+    }
+
+    /// The layer under a wrapper, mutably.
+    fn base_mut(&mut self) -> Option<&mut Linear> {
+        None
+    }
+
     /// Input width `k`.
-    fn in_features(&self) -> usize;
+    fn in_features(&self) -> usize {
+        self.base().map_or(0, Linear::in_features)
+    }
+
     /// Output width `d`.
-    fn out_features(&self) -> usize;
-    /// A short name of the implementation ("dense", "nf4", "lora", ...), shown in summaries.
-    fn kind(&self) -> String;
-    /// The effective weight `[out, in]` as a dense tensor (dequantized, or with adapters merged
-    /// as forward sees them), for inspection, merging and export.
-    fn dense_weight(&self) -> candle_core::Result<Tensor>;
+    fn out_features(&self) -> usize {
+        self.base().map_or(0, Linear::out_features)
+    }
+
+    /// The effective weight `[out, in]` as a dense tensor — dequantized, and with unmerged
+    /// adapters added as forward applies them — for inspection, merging and export.
+    fn dense_weight(&self) -> candle_core::Result<Tensor> {
+        match self.base() {
+            Some(b) => b.dense_weight(),
+            None => candle_core::bail!("a `{}` layer has no dense weight", self.kind()),
+        }
+    }
+
+    /// The packed storage of a quantized layer (for a wrapper: of its base), `None` when dense.
+    fn quantized(&self) -> Option<&dyn QuantizedWeight> {
+        self.base().and_then(Linear::quantized)
+    }
+
     /// The bias `[out]`, if any.
-    fn bias(&self) -> Option<&Tensor>;
+    fn bias(&self) -> Option<&Tensor> {
+        self.base().and_then(Linear::bias)
+    }
+
+    /// Replaces the bias (`None` removes it). It must be `[out]`; a quantized layer keeps it in
+    /// its compute dtype. A trainable bias is a `Var`'s tensor put here (peft's `bias="all"`).
+    fn set_bias(&mut self, bias: Option<Tensor>) -> Result<()> {
+        let kind = self.kind().to_string();
+        match self.base_mut() {
+            Some(b) => b.set_bias(bias),
+            None => Err(Error::Input(format!("a `{kind}` layer has no bias to set"))),
+        }
+    }
+
+    /// The trainable tensors this layer holds itself (not its base's: a base is frozen), with
+    /// names relative to the layer as peft names them (`lora_A.default.weight`).
+    fn trainable_parameters(&self) -> Vec<(String, Var)> {
+        Vec::new()
+    }
+
+    /// Training mode (`true`: dropout on) or evaluation mode, as PyTorch's `train()` / `eval()`.
+    /// Wrappers pass it on to their base.
+    fn set_training(&mut self, training: bool) {
+        if let Some(b) = self.base_mut() {
+            b.set_training(training);
+        }
+    }
+
     /// The number of parameters, counted as a user of transformers/peft would count them.
-    fn num_parameters(&self) -> usize;
+    fn num_parameters(&self) -> usize {
+        self.base().map_or(0, Linear::num_parameters)
+    }
+
     /// Bytes the layer's tensors occupy in memory.
-    fn storage_bytes(&self) -> usize;
+    fn storage_bytes(&self) -> usize {
+        self.base().map_or(0, Linear::storage_bytes)
+    }
+
     /// The dtype forward computes in.
-    fn dtype(&self) -> DType;
+    fn dtype(&self) -> DType {
+        self.base().map_or(DType::F32, Linear::dtype)
+    }
+
     /// The device the layer lives on.
-    fn device(&self) -> Device;
-    /// For downcasting to the concrete layer.
-    fn as_any(&self) -> &dyn Any;
-    /// For downcasting to the concrete layer, mutably.
-    fn as_any_mut(&mut self) -> &mut dyn Any;
-    /// For taking the concrete layer out of its box (e.g. to unwrap a LoRA layer's base).
-    fn into_any(self: Box<Self>) -> Box<dyn Any>;
+    fn device(&self) -> Device {
+        self.base().map_or(Device::Cpu, Linear::device)
+    }
+}
+
+/// Cloning a boxed layer; implemented for every `LinearLayer + Clone`, nothing to write.
+pub trait CloneLayer {
+    /// A copy of the layer in a new box (its tensors are shared, not copied).
+    fn clone_layer(&self) -> Box<dyn LinearLayer>;
+}
+
+impl<T: LinearLayer + Clone> CloneLayer for T {
+    fn clone_layer(&self) -> Box<dyn LinearLayer> {
+        Box::new(self.clone())
+    }
 }
 
 /// A projection of the model: any [`LinearLayer`] behind one type.
+///
+/// Cloning is cheap (tensors are reference-counted) and is how the model's edits are made
+/// transactional: a new layer is built from a copy and put in place only when it is complete.
 #[derive(Debug)]
 pub struct Linear(Box<dyn LinearLayer>);
+
+impl Clone for Linear {
+    fn clone(&self) -> Self {
+        Linear(self.0.clone_layer())
+    }
+}
 
 impl Linear {
     /// Wraps a layer.
     pub fn new(layer: impl LinearLayer) -> Self {
         Linear(Box::new(layer))
-    }
-
-    /// Wraps an already boxed layer.
-    pub fn from_box(layer: Box<dyn LinearLayer>) -> Self {
-        Linear(layer)
     }
 
     /// The layer behind this projection.
@@ -74,31 +176,26 @@ impl Linear {
         self.0.as_mut()
     }
 
-    /// Takes the boxed layer out.
-    pub fn into_box(self) -> Box<dyn LinearLayer> {
-        self.0
+    /// The concrete layer, if it is a `T` — for the module that defines `T` (peft reaching its
+    /// own LoRA layer). Everyone else uses the capabilities.
+    pub fn get<T: LinearLayer>(&self) -> Option<&T> {
+        crate::downcast::layer_ref::<T>(self.0.as_ref())
     }
 
-    /// The concrete layer, if it is a `T`.
-    pub fn downcast_ref<T: LinearLayer>(&self) -> Option<&T> {
-        self.0.as_any().downcast_ref::<T>()
+    /// The concrete layer, mutably, if it is a `T` (see [`Linear::get`]).
+    pub fn get_mut<T: LinearLayer>(&mut self) -> Option<&mut T> {
+        crate::downcast::layer_mut::<T>(self.0.as_mut())
     }
 
-    /// The concrete layer, mutably, if it is a `T`.
-    pub fn downcast_mut<T: LinearLayer>(&mut self) -> Option<&mut T> {
-        self.0.as_any_mut().downcast_mut::<T>()
+    /// Takes the concrete layer out if it is a `T`, or gives the projection back (see
+    /// [`Linear::get`]).
+    pub fn into_layer<T: LinearLayer>(self) -> std::result::Result<T, Linear> {
+        crate::downcast::into_layer::<T>(self.0).map_err(Linear)
     }
 
-    /// Unwraps the concrete layer if it is a `T`, or gives the projection back.
-    pub fn downcast<T: LinearLayer>(self) -> std::result::Result<T, Linear> {
-        if self.0.as_any().is::<T>() {
-            match self.0.into_any().downcast::<T>() {
-                Ok(b) => Ok(*b),
-                Err(_) => unreachable!("type checked just above"),
-            }
-        } else {
-            Err(self)
-        }
+    /// Whether the layer is a `T`.
+    pub fn is<T: LinearLayer>(&self) -> bool {
+        self.get::<T>().is_some()
     }
 
     /// `y = x·Wᵀ + b`.
@@ -116,9 +213,39 @@ impl Linear {
         self.0.out_features()
     }
 
-    /// The implementation's short name.
-    pub fn kind(&self) -> String {
-        self.0.kind()
+    /// The whole stack of kinds, outermost first: `"dense"`, `"nf4"`, `"lora(nf4)"`. Borrowed
+    /// for a leaf, built only for a wrapper.
+    pub fn kind(&self) -> Cow<'_, str> {
+        match self.0.base() {
+            None => Cow::Borrowed(self.0.kind()),
+            Some(b) => Cow::Owned(format!("{}({})", self.0.kind(), b.kind())),
+        }
+    }
+
+    /// The layer under a wrapper (see [`LinearLayer::base`]).
+    pub fn base(&self) -> Option<&Linear> {
+        self.0.base()
+    }
+
+    /// The innermost layer: the base of the base ... of this one (itself for a leaf).
+    pub fn innermost(&self) -> &Linear {
+        let mut l = self;
+        while let Some(b) = l.0.base() {
+            l = b;
+        }
+        l
+    }
+
+    /// The innermost layer, mutably (what quantizing "under the adapters" replaces).
+    pub fn innermost_mut(&mut self) -> &mut Linear {
+        if self.0.base().is_some() {
+            self.0
+                .base_mut()
+                .map(Linear::innermost_mut)
+                .expect("base() and base_mut() agree")
+        } else {
+            self
+        }
     }
 
     /// The effective weight `[out, in]` as a dense tensor (see [`LinearLayer::dense_weight`]).
@@ -126,9 +253,43 @@ impl Linear {
         self.0.dense_weight()
     }
 
+    /// The quantized storage, if the layer (or the layer under it) is quantized.
+    pub fn quantized(&self) -> Option<&dyn QuantizedWeight> {
+        self.0.quantized()
+    }
+
+    /// Whether the weight is stored quantized.
+    pub fn is_quantized(&self) -> bool {
+        self.0.quantized().is_some()
+    }
+
     /// The bias `[out]`, if any.
     pub fn bias(&self) -> Option<&Tensor> {
         self.0.bias()
+    }
+
+    /// Replaces the bias (see [`LinearLayer::set_bias`]).
+    pub fn set_bias(&mut self, bias: Option<Tensor>) -> Result<()> {
+        if let Some(b) = &bias {
+            if b.dims() != [self.out_features()] {
+                return Err(Error::Shape {
+                    name: format!("bias of a {} layer", self.kind()),
+                    expected: vec![self.out_features()],
+                    found: b.dims().to_vec(),
+                });
+            }
+        }
+        self.0.set_bias(bias)
+    }
+
+    /// The trainable tensors of the layer, by peft's names relative to it.
+    pub fn trainable_parameters(&self) -> Vec<(String, Var)> {
+        self.0.trainable_parameters()
+    }
+
+    /// Training (`true`) or evaluation mode (see [`LinearLayer::set_training`]).
+    pub fn set_training(&mut self, training: bool) {
+        self.0.set_training(training)
     }
 
     /// Parameters, counted as transformers/peft count them.
@@ -219,20 +380,24 @@ impl LinearLayer for Dense {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         linear_forward(x, &self.weight, self.bias.as_ref())
     }
+    fn kind(&self) -> &str {
+        "dense"
+    }
     fn in_features(&self) -> usize {
         self.weight.dims()[1]
     }
     fn out_features(&self) -> usize {
         self.weight.dims()[0]
     }
-    fn kind(&self) -> String {
-        "dense".to_string()
-    }
     fn dense_weight(&self) -> candle_core::Result<Tensor> {
         Ok(self.weight.clone())
     }
     fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
+    }
+    fn set_bias(&mut self, bias: Option<Tensor>) -> Result<()> {
+        self.bias = bias;
+        Ok(())
     }
     fn num_parameters(&self) -> usize {
         self.weight.elem_count() + self.bias.as_ref().map_or(0, |b| b.elem_count())
@@ -246,15 +411,6 @@ impl LinearLayer for Dense {
     }
     fn device(&self) -> Device {
         self.weight.device().clone()
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
-    fn into_any(self: Box<Self>) -> Box<dyn Any> {
-        self
     }
 }
 
@@ -275,19 +431,25 @@ mod tests {
         assert_eq!(y.flatten_all()?.to_vec1::<f32>()?, vec![-1.5, -3.0]);
         let y2 = lin.forward(&x.squeeze(0)?)?;
         assert_eq!(y2.flatten_all()?.to_vec1::<f32>()?, vec![-1.5, -3.0]);
-        assert_eq!(lin.layer().num_parameters(), 8);
-        assert_eq!(lin.layer().storage_bytes(), 32);
-        assert!(lin.downcast_ref::<Dense>().is_some());
-        let dense = lin.downcast::<Dense>().expect("is dense");
-        assert_eq!(dense.weight().dims(), [2, 3]);
+        assert_eq!(lin.num_parameters(), 8);
+        assert_eq!(lin.storage_bytes(), 32);
+        assert_eq!(lin.kind(), "dense");
+        assert!(lin.base().is_none() && !lin.is_quantized());
+        assert_eq!(lin.get::<Dense>().map(|d| d.weight().dims()), Some(&[2, 3][..]));
         Ok(())
     }
 
     #[test]
-    fn bias_shape_is_checked() {
+    fn bias_shape_is_checked() -> Result<()> {
         let dev = Device::Cpu;
-        let w = Tensor::zeros((2, 3), DType::F32, &dev).unwrap();
-        let b = Tensor::zeros(3, DType::F32, &dev).unwrap();
-        assert!(Dense::new(w, Some(b)).is_err());
+        let w = Tensor::zeros((2, 3), DType::F32, &dev)?;
+        let b = Tensor::zeros(3, DType::F32, &dev)?;
+        assert!(Dense::new(w.clone(), Some(b.clone())).is_err());
+        let mut lin = Linear::new(Dense::new(w, None)?);
+        assert!(lin.set_bias(Some(b)).is_err(), "a [3] bias on a [2, 3] layer");
+        lin.set_bias(Some(Tensor::new(&[1f32, 2.], &dev)?))?;
+        let y = lin.forward(&Tensor::zeros((1, 3), DType::F32, &dev)?)?;
+        assert_eq!(y.to_vec2::<f32>()?, vec![vec![1.0, 2.0]]);
+        Ok(())
     }
 }

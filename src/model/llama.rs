@@ -230,7 +230,7 @@ fn repeat_kv(x: Tensor, n_rep: usize) -> candle_core::Result<Tensor> {
 }
 
 /// Self-attention with its four projections.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Attention {
     /// `q_proj`: `[heads·head_dim, hidden]`.
     pub q_proj: Linear,
@@ -246,7 +246,7 @@ pub struct Attention {
 }
 
 /// The SwiGLU MLP (Shazeer 2020): `down(SiLU(gate(x)) ⊙ up(x))`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Mlp {
     /// `gate_proj`: `[intermediate, hidden]`.
     pub gate_proj: Linear,
@@ -257,7 +257,7 @@ pub struct Mlp {
 }
 
 /// One decoder block.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Block {
     /// Norm before attention.
     pub input_layernorm: RmsNorm,
@@ -297,6 +297,7 @@ impl Attention {
     /// values of the tokens (prefix tuning; never rotated here).
     fn forward(
         &self,
+        layer: usize,
         x: &Tensor,
         step: &Step,
         prefix: Option<&(Tensor, Tensor)>,
@@ -304,26 +305,20 @@ impl Attention {
     ) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (h, kv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let q = self
-            .q_proj
-            .forward(x)?
+        let q = proj(&self.q_proj, x, layer, "self_attn.q_proj")?
             .reshape((b, t, h, hd))?
             .transpose(1, 2)?; // (B, H, T, D)
-        let k = self
-            .k_proj
-            .forward(x)?
+        let k = proj(&self.k_proj, x, layer, "self_attn.k_proj")?
             .reshape((b, t, kv, hd))?
             .transpose(1, 2)?; // (B, KV, T, D)
-        let v = self
-            .v_proj
-            .forward(x)?
+        let v = proj(&self.v_proj, x, layer, "self_attn.v_proj")?
             .reshape((b, t, kv, hd))?
             .transpose(1, 2)?
             .contiguous()?;
         let q = apply_rope(&q, step.cos, step.sin)?;
         let k = apply_rope(&k, step.cos, step.sin)?.contiguous()?;
         let (k, v) = match cache {
-            Some((c, layer)) => c.append(layer, &k, &v)?,
+            Some((c, l)) => c.append(l, &k, &v)?,
             None => (k, v),
         };
         let (k, v) = match prefix {
@@ -347,7 +342,7 @@ impl Attention {
         let scale = 1.0 / (hd as f64).sqrt();
         if let Some(y) = super::fused::attention(&q, &k, &v, step.mask, scale)? {
             let y = y.transpose(1, 2)?.reshape((b, t, h * hd))?;
-            return self.o_proj.forward(&y);
+            return proj(&self.o_proj, &y, layer, "self_attn.o_proj");
         }
         // Plain ops: a gradient is needed on a device without custom ops.
         let scores =
@@ -359,19 +354,34 @@ impl Attention {
         let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
         let y = probs.to_dtype(dtype)?.matmul(&v.contiguous()?)?; // (B, H, T, D)
         let y = y.transpose(1, 2)?.reshape((b, t, h * hd))?;
-        self.o_proj.forward(&y)
+        proj(&self.o_proj, &y, layer, "self_attn.o_proj")
     }
 }
 
 impl Mlp {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+    fn forward(&self, layer: usize, x: &Tensor) -> candle_core::Result<Tensor> {
+        let gate = candle_nn::ops::silu(&proj(&self.gate_proj, x, layer, "mlp.gate_proj")?)?;
+        let up = proj(&self.up_proj, x, layer, "mlp.up_proj")?;
+        proj(&self.down_proj, &(gate * up)?, layer, "mlp.down_proj")
     }
 }
 
+/// `linear.forward(x)`, an error naming the projection's path
+/// (`model.layers.17.self_attn.q_proj: ...`).
+fn proj(linear: &Linear, x: &Tensor, layer: usize, name: &str) -> candle_core::Result<Tensor> {
+    linear.forward(x).map_err(|e| {
+        e.context(format!(
+            "in `model.layers.{layer}.{name}` (a {} layer)",
+            linear.kind()
+        ))
+    })
+}
+
 /// The decoder: embeddings, blocks, final norm and `lm_head`.
-#[derive(Debug)]
+///
+/// `Clone` is cheap: tensors are reference-counted, so a clone shares every weight (nothing is
+/// copied) and is how edits of the model are made all-or-nothing ([`Llama::edit`]).
+#[derive(Debug, Clone)]
 pub struct Llama {
     config: Config,
     /// `model.embed_tokens.weight`, `[vocab, hidden]`.
@@ -386,6 +396,7 @@ pub struct Llama {
     dtype: DType,
     device: Device,
     block_adapter: Option<Arc<dyn BlockAdapter>>,
+    training: bool,
 }
 
 /// The projection names inside a block, in checkpoint order.
@@ -520,6 +531,7 @@ impl Llama {
             dtype,
             device: device.clone(),
             block_adapter: None,
+            training: false,
         })
     }
 
@@ -640,29 +652,62 @@ impl Llama {
         Ok(std::mem::replace(slot, new))
     }
 
-    /// Replaces the layer at `path` by `f(old)`, e.g. to wrap it in an adapter. If `f` fails the
-    /// error is returned and the layer it was given is lost, so `f` should hand it back inside
-    /// its error path only when it cannot fail after taking it; prefer validating first.
+    /// Replaces the layer at `path` by `f(layer)`, e.g. to wrap it in an adapter. `f` gets a
+    /// copy of the layer (cheap: its tensors are shared); the slot changes only when `f`
+    /// succeeds and its result has the layer's widths, so on an error the model is exactly as
+    /// it was.
     pub fn map_linear(
         &mut self,
         path: &str,
         f: impl FnOnce(Linear) -> Result<Linear>,
     ) -> Result<()> {
-        let device = self.device.clone();
-        let slot = self.linear_mut(path)?;
-        let (out, inp, dtype) = (
-            slot.out_features(),
-            slot.in_features(),
-            slot.layer().dtype(),
-        );
-        let placeholder = Linear::new(Dense::new(
-            Tensor::zeros((out, inp), dtype, &device)?,
-            None,
-        )?);
-        let old = std::mem::replace(slot, placeholder);
+        let old = self.linear(path)?.clone();
         let new = f(old)?;
         self.replace_linear(path, new)?;
         Ok(())
+    }
+
+    /// Runs `f` on the model all-or-nothing: if it fails, the model is put back exactly as it
+    /// was before the call (every layer, weight and hook), and the error is returned. A
+    /// snapshot is a clone, which shares the tensors, so this costs no weight memory; it relies
+    /// on edits replacing tensors rather than writing into them, which every edit of the seam
+    /// does.
+    pub fn edit<T>(&mut self, f: impl FnOnce(&mut Llama) -> Result<T>) -> Result<T> {
+        let before = self.clone();
+        match f(self) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                *self = before;
+                Err(e)
+            }
+        }
+    }
+
+    /// Training mode, as PyTorch's `model.train()`: dropout in the adapters is on and they read
+    /// their trainable tensors directly. The [`Trainer`](crate::train::Trainer) calls it.
+    pub fn train(&mut self) {
+        self.set_training(true);
+    }
+
+    /// Evaluation mode, as PyTorch's `model.eval()`: no dropout; LoRA layers multiply by
+    /// contiguous copies of their factors (faster; made here). Call it again after changing
+    /// adapter weights by hand.
+    pub fn eval(&mut self) {
+        self.set_training(false);
+    }
+
+    /// [`Llama::train`] (`true`) or [`Llama::eval`] (`false`).
+    pub fn set_training(&mut self, training: bool) {
+        self.training = training;
+        for (_, l) in self.linears_mut() {
+            l.set_training(training);
+        }
+    }
+
+    /// Whether the model is in training mode (see [`Llama::train`]); a loaded model is in
+    /// evaluation mode, as transformers' `from_pretrained` leaves it.
+    pub fn is_training(&self) -> bool {
+        self.training
     }
 
     /// Number of parameters: embeddings, norms and every projection as its layer counts them
@@ -709,7 +754,11 @@ impl Llama {
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let h = self.forward_hidden(input_ids, opts, cache)?;
-        Ok(self.lm_head.forward(&h)?.to_dtype(DType::F32)?)
+        Ok(self
+            .lm_head
+            .forward(&h)
+            .map_err(|e| e.context("in `lm_head`"))?
+            .to_dtype(DType::F32)?)
     }
 
     /// Logits `(B, V)` of the last position only: what generation needs, without the
@@ -745,7 +794,11 @@ impl Llama {
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let h = self.forward_hidden_embeds(inputs_embeds, opts, None, cache)?;
-        Ok(self.lm_head.forward(&h)?.to_dtype(DType::F32)?)
+        Ok(self
+            .lm_head
+            .forward(&h)
+            .map_err(|e| e.context("in `lm_head`"))?
+            .to_dtype(DType::F32)?)
     }
 
     /// The final hidden states `(B, T, C)` for input embeddings `inputs_embeds: (B, T, C)`
@@ -937,13 +990,13 @@ impl Llama {
         let block = &self.layers[i];
         let adapter = self.block_adapter.as_deref();
         let n = block.input_layernorm.forward(x)?;
-        let mut a = block.self_attn.forward(&n, step, prefix, cache)?;
+        let mut a = block.self_attn.forward(i, &n, step, prefix, cache)?;
         if let Some(ad) = adapter {
             a = ad.after_attention(i, &a)?;
         }
         let x1 = (x + a)?;
         let n = block.post_attention_layernorm.forward(&x1)?;
-        let mut m = block.mlp.forward(&n)?;
+        let mut m = block.mlp.forward(i, &n)?;
         if let Some(ad) = adapter {
             m = ad.after_mlp(i, &m)?;
         }

@@ -12,6 +12,7 @@ pub mod linear;
 pub mod llama;
 pub mod load;
 pub mod perplexity;
+pub mod quantized;
 pub mod pretrained;
 pub mod summary;
 pub mod token_stream;

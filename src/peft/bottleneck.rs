@@ -33,7 +33,10 @@ use serde::{Deserialize, Serialize};
 use super::model::TrainableParameters;
 use crate::model::config::Config;
 use crate::model::linear::linear_forward;
-use crate::model::llama::{BlockAdapter, KvCache, Llama};
+use crate::model::llama::{BlockAdapter, CheckpointedForward, ForwardOptions, KvCache, Llama};
+use std::path::Path;
+
+use super::method::PeftMethod;
 use crate::{Error, Result};
 
 /// The activation between the projections (AdapterHub's `non_linearity`).
@@ -222,7 +225,7 @@ impl BlockAdapter for BottleneckAdapters {
 /// A model with bottleneck adapters in every block.
 pub struct BottleneckModel {
     /// The model, with the adapters installed as its block adapter.
-    pub model: Llama,
+    model: Llama,
     config: BottleneckConfig,
     adapters: Arc<BottleneckAdapters>,
     varmap: VarMap,
@@ -292,9 +295,17 @@ impl BottleneckModel {
         &self.varmap
     }
 
-    /// The trainable `Var`s (for an optimizer).
-    pub fn trainable_vars(&self) -> Vec<Var> {
-        self.varmap.all_vars()
+    /// The `Var`s by AdapterHub's parameter paths, sorted.
+    pub(super) fn named_vars(&self) -> Vec<(String, Var)> {
+        let data = self.varmap.data().lock().expect("varmap lock");
+        let mut named: Vec<(String, Var)> =
+            data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        named
+    }
+
+    pub(super) fn base_device(&self) -> &Device {
+        self.model.device()
     }
 
     /// Trainable (the adapters) and all parameters (base plus adapters), as peft counts.
@@ -313,16 +324,6 @@ impl BottleneckModel {
         }
     }
 
-    /// peft's `print_trainable_parameters` line (returned, not printed).
-    pub fn print_trainable_parameters(&self) -> String {
-        self.trainable_parameters().to_string()
-    }
-
-    /// Logits `(B, T, V)`: the model's forward, adapters included.
-    pub fn forward(&self, input_ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        self.model.forward(input_ids, cache)
-    }
-
     /// Runs `f` on the model without its adapters, then puts them back.
     pub fn with_adapters_disabled<T>(&mut self, f: impl FnOnce(&Llama) -> T) -> T {
         let hook = self.model.set_block_adapter(None);
@@ -335,5 +336,41 @@ impl BottleneckModel {
     pub fn unload(mut self) -> Llama {
         self.model.set_block_adapter(None);
         self.model
+    }
+}
+
+/// The adapters sit in the model's own forward (its block adapter): every path of the model —
+/// cached generation, gradient checkpointing — goes through them.
+impl PeftMethod for BottleneckModel {
+    fn peft_type(&self) -> &'static str {
+        super::bottleneck_io::BOTTLENECK
+    }
+    fn base_model(&self) -> &Llama {
+        &self.model
+    }
+    fn named_trainable_vars(&self) -> Vec<(String, Var)> {
+        self.named_vars()
+    }
+    fn trainable_parameters(&self) -> TrainableParameters {
+        BottleneckModel::trainable_parameters(self)
+    }
+    fn hidden_states(&self, input_ids: &Tensor, opts: &ForwardOptions) -> Result<Tensor> {
+        self.model.forward_hidden(input_ids, opts, None)
+    }
+    fn hidden_states_checkpointed(
+        &self,
+        input_ids: &Tensor,
+        opts: &ForwardOptions,
+    ) -> Result<(Tensor, CheckpointedForward)> {
+        self.model.forward_hidden_checkpointed(input_ids, opts)
+    }
+    fn next_logits(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        self.model.forward_last(input_ids, Some(cache))
+    }
+    fn set_training(&mut self, training: bool) {
+        self.model.set_training(training)
+    }
+    fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        BottleneckModel::save_pretrained(self, dir)
     }
 }

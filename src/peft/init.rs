@@ -64,13 +64,11 @@ pub(super) fn init_adapter(
 /// The dense base under the layer at `path` (the layer itself, or a LoRA layer's base), if any.
 fn dense_base(model: &Llama, path: &str) -> Result<Option<(Tensor, Option<Tensor>)>> {
     let layer = model.linear(path)?;
-    let base = match layer.downcast_ref::<LoraLayer>() {
-        Some(l) => l.base(),
-        None => layer,
-    };
-    Ok(base
-        .downcast_ref::<Dense>()
-        .map(|d| (d.weight().clone(), base.bias().cloned())))
+    let base = layer.innermost();
+    if base.is_quantized() {
+        return Ok(None);
+    }
+    Ok(Some((base.dense_weight()?, base.bias().cloned())))
 }
 
 /// Checks that PiSSA can start on every layer of `paths` (all dense), before anything changes.
@@ -120,7 +118,7 @@ pub(super) fn init_layer(
     let scaling = config.scaling(r, alpha);
     let (a, b, w_res) = pissa_init(&w, r, scaling, niter_of(config.init_lora_weights), rng)?;
     let residual = Linear::new(Dense::new(w_res, bias)?);
-    match model.linear_mut(path)?.downcast_mut::<LoraLayer>() {
+    match model.linear_mut(path)?.get_mut::<LoraLayer>() {
         Some(l) => l.base = residual,
         None => {
             model.replace_linear(path, residual)?;

@@ -11,7 +11,7 @@
 //! [`AdapterConfig::extra`] and written back.
 //!
 //! Loading puts the adapters in evaluation mode (peft's `is_trainable=False`): call
-//! `set_training(true)` (the trainer does) before training a loaded adapter.
+//! `train()` (the trainer does) before training a loaded adapter.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -97,11 +97,7 @@ fn extra_slots(peft: &PeftModel, adapter: &str) -> Result<Vec<(String, Var)>> {
     let mut out = Vec::new();
     for (path, b) in peft.trained_biases() {
         if b.adapters.iter().any(|a| a == adapter) {
-            let adapted = peft
-                .model
-                .linear(path)?
-                .downcast_ref::<LoraLayer>()
-                .is_some();
+            let adapted = peft.model.linear(path)?.is::<LoraLayer>();
             out.push((bias_key(path, adapted), b.var.clone()));
         }
     }
@@ -148,7 +144,7 @@ pub fn load_adapter(model: Llama, dir: impl AsRef<Path>) -> Result<PeftModel> {
     let config = read_adapter_config(dir)?;
     let mut peft = get_peft_model_seeded(model, &config.lora, 0)?;
     fill_adapter(&mut peft, dir, "default")?;
-    peft.set_training(false)?;
+    peft.model.eval();
     Ok(peft)
 }
 
@@ -157,8 +153,13 @@ pub fn load_adapter_into(peft: &mut PeftModel, dir: impl AsRef<Path>, name: &str
     let dir = dir.as_ref();
     let config = read_adapter_config(dir)?;
     peft.add_adapter_seeded(name, &config.lora, 0)?;
-    fill_adapter(peft, dir, name)?;
-    peft.set_training(false)
+    if let Err(e) = fill_adapter(peft, dir, name) {
+        // All-or-nothing: the half-loaded adapter goes again.
+        peft.delete_adapter(name)?;
+        return Err(e);
+    }
+    peft.model.eval();
+    Ok(())
 }
 
 fn fill_adapter(peft: &mut PeftModel, dir: &Path, name: &str) -> Result<()> {

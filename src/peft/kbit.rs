@@ -18,9 +18,7 @@
 use candle_core::{DType, Tensor};
 use serde::Serialize;
 
-use super::bias::QuantWithBias;
 use crate::model::llama::{Llama, RmsNorm};
-use crate::quant::QLinear;
 use crate::Result;
 
 /// What [`prepare_model_for_kbit_training`] did and did not do.
@@ -74,9 +72,7 @@ pub fn prepare_model_for_kbit_training(
     let quantized: Vec<String> = model
         .linears()
         .into_iter()
-        .filter(|(_, l)| {
-            l.downcast_ref::<QLinear>().is_some() || l.downcast_ref::<QuantWithBias>().is_some()
-        })
+        .filter(|(_, l)| l.is_quantized())
         .map(|(p, _)| p)
         .collect();
     let dtype = model.dtype();

@@ -14,18 +14,18 @@
 //! magnitude m per output row: `W' = m · (W + ΔW) / ‖W + ΔW‖` (row norm, detached in forward
 //! as in peft's `dora.py`); m starts at ‖W + ΔW‖, so the model starts unchanged.
 //!
-//! Merging lives in `merge.rs`. Speed: after [`LoraLayer::set_training`]`(false)` (evaluation
-//! mode, entered explicitly), forward multiplies by contiguous copies of Aᵀ and s·Bᵀ made at
-//! its first call (candle multiplies by the strided transpose of the `[out, r]` B several times
-//! slower, and the copies are not part of the autograd graph). They are dropped when training
-//! starts and when the `Var`s are handed out (`PeftModel::trainable_vars`), since an optimizer
-//! changes A and B in place. A layer that was never put in evaluation mode reads A and B.
+//! Merging lives in `merge.rs`. Speed: entering evaluation mode (`model.eval()`, i.e.
+//! [`LinearLayer::set_training`]`(false)`) makes contiguous copies of Aᵀ and s·Bᵀ, which
+//! forward then multiplies by (candle multiplies by the strided transpose of the `[out, r]` B
+//! several times slower, and the copies are not part of the autograd graph). Training mode
+//! (`model.train()`) drops them and reads A and B, which an optimizer changes in place. The
+//! mode is explicit state set by those two calls only: after changing A or B by hand in
+//! evaluation mode, call `eval()` again; before training A and B in a loop of your own, call
+//! `train()` (the trainer does both). A layer never put in evaluation mode reads A and B.
 
-use std::any::Any;
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 
 use crate::model::linear::{linear_forward, Linear, LinearLayer};
 
@@ -75,7 +75,7 @@ pub fn row_norm(w: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 /// A linear layer with LoRA adapters.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct LoraLayer {
     pub(super) base: Linear,
     pub(super) adapters: BTreeMap<String, LoraAdapter>,
@@ -88,9 +88,9 @@ pub struct LoraLayer {
     /// Seeded dropout masks and this layer's key (its module path); `None` draws from
     /// candle's unseeded generator.
     pub(super) dropout_rng: Option<(DropoutRng, String)>,
-    /// Evaluation mode only (`Some`): per adapter, contiguous Aᵀ `[in, r]` and s·Bᵀ `[r, out]`
-    /// (f32, detached), filled by forward.
-    eval_cache: Mutex<Option<BTreeMap<String, (Tensor, Tensor)>>>,
+    /// Made on entering evaluation mode: per plain-LoRA adapter, contiguous Aᵀ `[in, r]` and
+    /// s·Bᵀ `[r, out]` (f32, detached). Empty in training mode.
+    eval_copies: BTreeMap<String, (Tensor, Tensor)>,
 }
 
 impl LoraLayer {
@@ -105,7 +105,7 @@ impl LoraLayer {
             training: false,
             merge_norms: BTreeMap::new(),
             dropout_rng: None,
-            eval_cache: Mutex::new(None),
+            eval_copies: BTreeMap::new(),
         }
     }
 
@@ -180,39 +180,25 @@ impl LoraLayer {
         self.disabled = disabled;
     }
 
-    /// Training mode (dropout on the adapters' input) or evaluation mode, in which forward
-    /// keeps contiguous copies of Aᵀ and Bᵀ (see the module docs). After changing A or B by
-    /// hand in evaluation mode, call it again.
-    pub fn set_training(&mut self, training: bool) {
-        self.training = training;
-        *self.cache() = if training {
-            None
-        } else {
-            Some(BTreeMap::new())
-        };
-    }
-
     /// Whether forward runs in training mode.
     pub fn is_training(&self) -> bool {
         self.training
     }
 
-    /// Ends evaluation mode's copies of Aᵀ and Bᵀ until the next `set_training(false)`:
-    /// forward reads A and B again (called when the `Var`s are handed out for training).
-    pub fn release_eval_cache(&self) {
-        *self.cache() = None;
+    /// Number of adapters whose evaluation copies forward uses (0 in training mode).
+    pub fn eval_copies_len(&self) -> usize {
+        self.eval_copies.len()
     }
 
-    /// Number of adapters whose evaluation copies forward currently uses.
-    pub fn eval_cache_len(&self) -> usize {
-        self.cache().as_ref().map_or(0, |c| c.len())
-    }
-
-    fn cache(&self) -> std::sync::MutexGuard<'_, Option<BTreeMap<String, (Tensor, Tensor)>>> {
-        // A panic while the lock was held leaves only a cache behind: use it anyway.
-        self.eval_cache
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// The evaluation copies Aᵀ and s·Bᵀ of every plain-LoRA adapter (DoRA reads its `Var`s).
+    fn make_eval_copies(&self) -> candle_core::Result<BTreeMap<String, (Tensor, Tensor)>> {
+        let mut copies = BTreeMap::new();
+        for (name, a) in self.adapters.iter().filter(|(_, a)| a.magnitude.is_none()) {
+            let at = a.lora_a.as_tensor().detach().t()?.contiguous()?; // [in, r]
+            let sbt = (a.lora_b.as_tensor().detach().t()? * a.scaling)?.contiguous()?; // [r, out]
+            copies.insert(name.clone(), (at, sbt));
+        }
+        Ok(copies)
     }
 
     /// Draws dropout masks from `rng` with keys from this layer's module `path` and the adapter
@@ -228,9 +214,7 @@ impl LoraLayer {
             self.unmerge_one(name)?;
         }
         self.active.retain(|a| a != name);
-        if let Some(c) = self.cache().as_mut() {
-            c.remove(name);
-        }
+        self.eval_copies.remove(name);
         Ok(self.adapters.remove(name).expect("checked above"))
     }
 }
@@ -242,17 +226,10 @@ impl LinearLayer for LoraLayer {
             return Ok(y);
         }
         let mut y = y;
-        let mut cache = self.cache();
         for name in self.active.iter().filter(|a| !self.merged.contains(a)) {
             let a = &self.adapters[name];
-            if let (false, None, Some(cache)) = (self.training, &a.magnitude, cache.as_mut()) {
+            if let (false, Some((at, sbt))) = (self.training, self.eval_copies.get(name)) {
                 // Evaluation: x·Aᵀ·(s·Bᵀ) against contiguous copies, s folded into the copy.
-                if !cache.contains_key(name) {
-                    let at = a.lora_a.as_tensor().detach().t()?.contiguous()?; // [in, r]
-                    let bt = (a.lora_b.as_tensor().detach().t()? * a.scaling)?.contiguous()?;
-                    cache.insert(name.clone(), (at, bt)); // s·Bᵀ: [r, out]
-                }
-                let (at, sbt) = &cache[name];
                 if let Some(sum) = add_lora_eval(&y, x, at, sbt)? {
                     // f32 on the CPU: both products on this thread (lora_eval.rs).
                     y = sum;
@@ -302,14 +279,14 @@ impl LinearLayer for LoraLayer {
         }
         Ok(y)
     }
-    fn in_features(&self) -> usize {
-        self.base.in_features()
+    fn kind(&self) -> &str {
+        "lora"
     }
-    fn out_features(&self) -> usize {
-        self.base.out_features()
+    fn base(&self) -> Option<&Linear> {
+        Some(&self.base)
     }
-    fn kind(&self) -> String {
-        format!("lora({})", self.base.kind())
+    fn base_mut(&mut self) -> Option<&mut Linear> {
+        Some(&mut self.base)
     }
     /// The weight forward effectively uses: base + the active, unmerged ΔW (f32, then the
     /// base's dtype).
@@ -330,8 +307,29 @@ impl LinearLayer for LoraLayer {
         }
         Ok(w)
     }
-    fn bias(&self) -> Option<&Tensor> {
-        self.base.bias()
+    /// A, B (and DoRA's m) of every adapter, as peft names them inside the layer.
+    fn trainable_parameters(&self) -> Vec<(String, Var)> {
+        let mut out = Vec::new();
+        for (name, a) in &self.adapters {
+            out.push((format!("lora_A.{name}.weight"), a.lora_a.clone()));
+            out.push((format!("lora_B.{name}.weight"), a.lora_b.clone()));
+            if let Some(m) = &a.magnitude {
+                out.push((format!("lora_magnitude_vector.{name}.weight"), m.clone()));
+            }
+        }
+        out
+    }
+    /// Training mode: dropout on, A and B read directly. Evaluation mode: dropout off, forward
+    /// multiplies by contiguous copies of Aᵀ and s·Bᵀ made here (see the module docs).
+    fn set_training(&mut self, training: bool) {
+        self.training = training;
+        self.base.set_training(training);
+        self.eval_copies = if training {
+            BTreeMap::new()
+        } else {
+            // A copy that cannot be made (out of memory) only costs speed: forward reads A, B.
+            self.make_eval_copies().unwrap_or_default()
+        };
     }
     fn num_parameters(&self) -> usize {
         self.base.num_parameters()
@@ -348,21 +346,6 @@ impl LinearLayer for LoraLayer {
                 .values()
                 .map(|a| 4 * a.num_parameters())
                 .sum::<usize>()
-    }
-    fn dtype(&self) -> DType {
-        self.base.dtype()
-    }
-    fn device(&self) -> Device {
-        self.base.device()
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
-    fn into_any(self: Box<Self>) -> Box<dyn Any> {
-        self
     }
 }
 

@@ -21,9 +21,7 @@ use serde::Serialize;
 
 use super::lora::{row_norm, LoraLayer};
 use crate::model::linear::{Dense, Linear};
-use crate::quant::affine::AffineWeight;
-use crate::quant::nf4::{Absmax, FourBitConfig, FourBitWeight};
-use crate::quant::{GgmlWeight, Int8Weight, QLinear, QuantScheme};
+use crate::quant::QLinear;
 use crate::{Error, Result};
 
 /// What requantizing one merged layer cost.
@@ -87,41 +85,6 @@ impl std::fmt::Display for RequantizeReport {
     }
 }
 
-/// The quantized layer under `base`: a [`QLinear`], or one inside a trained-bias wrapper.
-pub(super) fn quantized_base(base: &Linear) -> Option<&QLinear> {
-    base.downcast_ref::<QLinear>().or_else(|| {
-        base.downcast_ref::<super::bias::QuantWithBias>()
-            .map(|q| q.quantized())
-    })
-}
-
-/// The scheme a quantized layer was made with, read back from its weight.
-pub fn scheme_of(q: &QLinear) -> Result<QuantScheme> {
-    if let Some(w) = q.weight_as::<FourBitWeight>() {
-        let st = w.quant_state();
-        return Ok(QuantScheme::FourBit(FourBitConfig {
-            quant_type: st.quant_type,
-            blocksize: st.blocksize,
-            double_quant: matches!(st.absmax, Absmax::Nested { .. }),
-        }));
-    }
-    if let Some(w) = q.weight_as::<Int8Weight>() {
-        return Ok(QuantScheme::Int8 {
-            threshold: w.threshold(),
-        });
-    }
-    if let Some(w) = q.weight_as::<AffineWeight>() {
-        return Ok(QuantScheme::Affine(*w.config()));
-    }
-    if let Some(w) = q.weight_as::<GgmlWeight>() {
-        return Ok(QuantScheme::Ggml(w.ggml_dtype()));
-    }
-    Err(Error::Input(format!(
-        "cannot tell how a `{}` weight was quantized, so it cannot be requantized",
-        q.weight().kind()
-    )))
-}
-
 fn max_abs(t: &Tensor) -> candle_core::Result<f32> {
     t.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
 }
@@ -135,8 +98,8 @@ fn all_finite(t: &Tensor) -> candle_core::Result<bool> {
 impl LoraLayer {
     /// The base weight in f32; a quantized base dequantized straight to f32.
     pub(super) fn base_weight_f32(&self) -> candle_core::Result<Tensor> {
-        match quantized_base(&self.base) {
-            Some(q) => q.weight().dequantize(DType::F32),
+        match self.base.quantized() {
+            Some(q) => q.dequantize(DType::F32),
             None => self.base.dense_weight()?.to_dtype(DType::F32),
         }
     }
@@ -231,7 +194,7 @@ impl LoraLayer {
         safe_merge: bool,
         path: &str,
     ) -> Result<(Linear, Option<LayerRounding>)> {
-        let Some(q) = quantized_base(&self.base) else {
+        let Some(q) = self.base.quantized() else {
             return Ok((self.merge_and_unload(safe_merge)?, None));
         };
         if !self.merged.is_empty() {
@@ -241,15 +204,14 @@ impl LoraLayer {
                 self.merged
             )));
         }
-        let scheme = scheme_of(q)?;
-        let compute = q.compute_dtype();
-        let w0 = q.weight().dequantize(DType::F32)?;
+        let compute = self.base.dtype();
+        let w0 = q.dequantize(DType::F32)?;
         let (merged, _) = self.fold(w0.clone(), &self.unmerged_active(), safe_merge)?;
-        let requantized = scheme.quantize(&merged, path)?;
+        let requantized = q.requantize(&merged, path)?;
         let back = requantized.dequantize(DType::F32)?;
         let report = LayerRounding {
             path: path.to_string(),
-            scheme: scheme.name(),
+            scheme: requantized.kind(),
             max_abs_rounding: max_abs(&(&merged - &back)?)?,
             max_abs_delta: max_abs(&(&merged - &w0)?)?,
         };

@@ -8,6 +8,8 @@
 //! | `dropout.rs` | [`DropoutRng`]: dropout masks reproducible from (seed, step, layer), for resumable training |
 //! | `lora.rs` | [`LoraLayer`]: `h = W·x + (α/r)·B·A·x`, merge / unmerge / verify |
 //! | `io.rs` | adapters in PEFT's directory format (`adapter_config.json`, `adapter_model.safetensors`) |
+//! | `method.rs` | [`PeftMethod`]: the one interface of every method (trainable `Var`s, counts, forward, generate, mode, save) |
+//! | `lora_method.rs` | [`PeftMethod`] for [`PeftModel`], `from_pretrained` / `save_pretrained` |
 //! | `model.rs` | [`get_peft_model`], [`PeftModel`]: adapters by name, trainable `VarMap`, `print_trainable_parameters`, `merge_and_unload` |
 //! | `adapter_config.rs` | `adapter_config.json` ↔ [`LoraConfig`], unknown fields kept |
 //! | `init.rs` | `init_lora_weights`: peft's default, Gaussian, random, PiSSA |
@@ -31,6 +33,8 @@ pub mod lora;
 mod lora_delta;
 mod lora_eval;
 pub mod merge;
+pub mod method;
+mod lora_method;
 pub mod model;
 pub mod modules_to_save;
 pub mod pissa;
@@ -41,17 +45,19 @@ pub use analysis::{
     delta_singular_values, effective_rank, energy_captured, entropy_effective_rank, lora_gradients,
     lora_param_count, singular_values_of, LoraParamCount,
 };
-pub use bias::{QuantWithBias, TrainedBias};
+pub use bias::TrainedBias;
 pub use config::{InitLoraWeights, LoraBias, LoraConfig, TargetModules, ALL_LINEAR};
 pub use dropout::DropoutRng;
 pub use io::{load_adapter, load_adapter_into, save_adapter, AdapterConfig};
 pub use kbit::{prepare_model_for_kbit_training, KbitReport};
 pub use lora::{LoraAdapter, LoraLayer};
 pub use merge::{LayerRounding, RequantizeReport};
+pub use method::{AsCausalLm, PeftMethod};
 pub use model::{get_peft_model, get_peft_model_seeded, PeftModel, TrainableParameters};
 pub use modules_to_save::{ModuleCopy, ModulesToSaveLayer};
 pub use pissa::save_adapter_as_lora;
 pub mod bottleneck;
+mod bottleneck_io;
 pub mod prompt;
 pub use bottleneck::{
     get_bottleneck_model, Bottleneck, BottleneckAdapters, BottleneckConfig, BottleneckModel,

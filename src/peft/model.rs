@@ -1,7 +1,11 @@
 //! `get_peft_model`: wrap a model's targeted linear layers in LoRA and keep the trainable
 //! tensors in one `VarMap`: the adapters, and with `bias` / `modules_to_save` the biases and
 //! module copies peft would train (`bias.rs`, `modules_to_save.rs`). Merging and unloading
-//! the whole model: `unload.rs`.
+//! the whole model: `unload.rs`; the [`PeftMethod`] interface: `lora_method.rs`.
+//!
+//! Adding an adapter is all-or-nothing: if any layer fails (a PiSSA base that is not dense, a
+//! bias that cannot train, ...), the model and every bookkeeping map are put back as they were
+//! before the call.
 
 use std::collections::BTreeMap;
 
@@ -22,9 +26,16 @@ use crate::peft::dropout::DropoutRng;
 use crate::{Error, Result};
 
 /// A model with LoRA adapters (peft's `PeftModel`).
+///
+/// The model is not a public field: its LoRA layers, trained biases and module copies are
+/// tied to this struct's `VarMap` and maps, and replacing a layer behind its back would break
+/// them. Read it with [`PeftMethod::base_model`]; change it through the methods here
+/// ([`PeftModel::quantize_base`] quantizes it under the adapters).
+///
+/// [`PeftMethod::base_model`]: super::PeftMethod::base_model
 pub struct PeftModel {
     /// The model; targeted projections are [`LoraLayer`]s.
-    pub model: Llama,
+    pub(super) model: Llama,
     varmap: VarMap,
     configs: BTreeMap<String, LoraConfig>,
     pub(super) active: String,
@@ -34,6 +45,18 @@ pub struct PeftModel {
     pub(super) biases: BTreeMap<String, TrainedBias>,
     pub(super) saved: SavedModules,
     pub(super) warnings: Vec<String>,
+}
+
+/// Everything a [`PeftModel`] holds, for putting it back when adding an adapter fails.
+struct Snapshot {
+    model: Llama,
+    vars: std::collections::HashMap<String, Var>,
+    configs: BTreeMap<String, LoraConfig>,
+    active: String,
+    owned: BTreeMap<String, Vec<String>>,
+    biases: BTreeMap<String, TrainedBias>,
+    saved: SavedModules,
+    warnings: Vec<String>,
 }
 
 /// peft's `get_nb_trainable_parameters`.
@@ -92,8 +115,42 @@ impl PeftModel {
         self.add_adapter_seeded(name, config, rand::rng().random())
     }
 
-    /// [`PeftModel::add_adapter`] with a seed.
+    /// [`PeftModel::add_adapter`] with a seed. All-or-nothing: on an error the model is as it
+    /// was before the call.
     pub fn add_adapter_seeded(&mut self, name: &str, config: &LoraConfig, seed: u64) -> Result<()> {
+        let before = self.snapshot();
+        let out = self.add_adapter_unchecked(name, config, seed);
+        if out.is_err() {
+            self.restore(before);
+        }
+        out
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            model: self.model.clone(),
+            vars: self.varmap.data().lock().expect("varmap lock").clone(),
+            configs: self.configs.clone(),
+            active: self.active.clone(),
+            owned: self.owned.clone(),
+            biases: self.biases.clone(),
+            saved: self.saved.clone(),
+            warnings: self.warnings.clone(),
+        }
+    }
+
+    fn restore(&mut self, s: Snapshot) {
+        self.model = s.model;
+        *self.varmap.data().lock().expect("varmap lock") = s.vars;
+        self.configs = s.configs;
+        self.active = s.active;
+        self.owned = s.owned;
+        self.biases = s.biases;
+        self.saved = s.saved;
+        self.warnings = s.warnings;
+    }
+
+    fn add_adapter_unchecked(&mut self, name: &str, config: &LoraConfig, seed: u64) -> Result<()> {
         config.validate()?;
         if self.configs.contains_key(name) {
             return Err(Error::Input(format!(
@@ -126,7 +183,7 @@ impl PeftModel {
         if let Some(p) = paths.iter().find(|p| {
             self.model
                 .linear(p)
-                .is_ok_and(|l| l.downcast_ref::<ModulesToSaveLayer>().is_some())
+                .is_ok_and(|l| l.get::<ModulesToSaveLayer>().is_some())
         }) {
             return Err(Error::config(
                 "target_modules",
@@ -154,17 +211,14 @@ impl PeftModel {
                 let key = format!("{p}.lora_magnitude_vector.{name}.weight");
                 self.register_var(key, m, Some(name));
             }
-            if let Some(lora) = self.model.linear_mut(path)?.downcast_mut::<LoraLayer>() {
+            self.model.map_linear(path, |old| {
+                let mut lora = match old.into_layer::<LoraLayer>() {
+                    Ok(lora) => lora,
+                    Err(base) => LoraLayer::new(base),
+                };
                 lora.add_adapter(name, adapter)?;
-            } else {
-                let mut wrapped: Option<Result<()>> = None;
-                self.model.map_linear(path, |old| {
-                    let mut l = LoraLayer::new(old);
-                    wrapped = Some(l.add_adapter(name, adapter));
-                    Ok(Linear::new(l))
-                })?;
-                wrapped.expect("map_linear ran the closure")?;
-            }
+                Ok(Linear::new(lora))
+            })?;
         }
         self.train_biases(name, config.bias)?;
         self.configs.insert(name.to_string(), config);
@@ -196,7 +250,7 @@ impl PeftModel {
             .model
             .linears_mut()
             .into_iter()
-            .filter_map(|(_, l)| l.downcast_mut::<LoraLayer>())
+            .filter_map(|(_, l)| l.get_mut::<LoraLayer>())
             .collect())
     }
 
@@ -205,7 +259,7 @@ impl PeftModel {
         self.model
             .linears()
             .into_iter()
-            .filter_map(|(p, l)| l.downcast_ref::<LoraLayer>().map(|l| (p, l)))
+            .filter_map(|(p, l)| l.get::<LoraLayer>().map(|l| (p, l)))
             .collect()
     }
 
@@ -213,23 +267,21 @@ impl PeftModel {
     pub fn lora_layer(&self, path: &str) -> Result<&LoraLayer> {
         self.model
             .linear(path)?
-            .downcast_ref::<LoraLayer>()
+            .get::<LoraLayer>()
             .ok_or_else(|| Error::Input(format!("`{path}` has no LoRA adapter")))
     }
 
-    /// The trainable tensors: A and B of every adapter, named as peft names its parameters
+    /// The trainable tensors of every adapter, named as peft names its parameters
     /// (`base_model.model.<path>.lora_A.<adapter>.weight`), and the trained biases and module
-    /// copies. Handing them out ends the layers' evaluation copies (see [`LoraLayer`]).
+    /// copies.
     pub fn varmap(&self) -> &VarMap {
-        self.release_eval_caches();
         &self.varmap
     }
 
-    /// The trainable `Var`s of the active adapter (for an optimizer): its A and B (DoRA's m),
-    /// its `modules_to_save` copies and the biases its `bias` trains. Ends the layers'
-    /// evaluation copies, since the optimizer changes these `Var`s in place.
-    pub fn trainable_vars(&self) -> Vec<Var> {
-        self.release_eval_caches();
+    /// The active adapter's `Var`s under their `VarMap` names, sorted by name: its A and B
+    /// (DoRA's m), its `modules_to_save` copies and the biases its `bias` trains (a tensor
+    /// shared by two names, as a tied copy, once).
+    pub(super) fn active_named_vars(&self) -> Vec<(String, Var)> {
         let data = self.varmap.data().lock().expect("varmap lock");
         let own = self.owned.get(&self.active).into_iter().flatten();
         let biases = self
@@ -237,18 +289,24 @@ impl PeftModel {
             .values()
             .filter(|b| b.adapters.contains(&self.active))
             .map(|b| &b.key);
+        let mut named: Vec<(String, Var)> = own
+            .chain(biases)
+            .filter_map(|k| data.get(k).map(|v| (k.clone(), v.clone())))
+            .collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
         let mut seen = std::collections::HashSet::new();
-        own.chain(biases)
-            .filter_map(|k| data.get(k))
-            .filter(|v| seen.insert(v.as_tensor().id()))
-            .cloned()
-            .collect()
+        named.retain(|(_, v)| seen.insert(v.as_tensor().id()));
+        named
     }
 
-    fn release_eval_caches(&self) {
-        for (_, l) in self.lora_layers() {
-            l.release_eval_cache();
-        }
+    /// Quantizes the base model under the adapters ([`quantize_model`](crate::quant::quantize_model)
+    /// on the model inside): every LoRA layer keeps its adapters and gets a quantized base, so
+    /// nothing of ΔW is folded into the codes. All-or-nothing.
+    pub fn quantize_base(
+        &mut self,
+        config: &crate::quant::QuantConfig,
+    ) -> Result<crate::quant::QuantizeSummary> {
+        crate::quant::quantize_model(&mut self.model, config)
     }
 
     /// The config of the adapter `name`.
@@ -334,20 +392,11 @@ impl PeftModel {
         Ok(())
     }
 
-    /// Training mode (dropout on) or evaluation mode (dropout off; forward uses contiguous
-    /// copies of Aᵀ and Bᵀ, see [`LoraLayer`]) in every adapter.
-    pub fn set_training(&mut self, training: bool) -> Result<()> {
-        for l in self.lora_layers_mut()? {
-            l.set_training(training);
-        }
-        Ok(())
-    }
-
     /// Makes every LoRA layer draw its dropout masks from `rng` (keyed by module path), so
     /// training is reproducible from a seed and resumable: see [`DropoutRng`].
     pub fn set_dropout_rng(&mut self, rng: &DropoutRng) {
         for (path, l) in self.model.linears_mut() {
-            if let Some(l) = l.downcast_mut::<LoraLayer>() {
+            if let Some(l) = l.get_mut::<LoraLayer>() {
                 l.set_dropout_rng(rng.clone(), &path);
             }
         }
@@ -382,8 +431,4 @@ impl PeftModel {
         }
     }
 
-    /// peft's `print_trainable_parameters` line (returned, not printed).
-    pub fn print_trainable_parameters(&self) -> String {
-        self.trainable_parameters().to_string()
-    }
 }

@@ -22,15 +22,14 @@
 //!
 //! This file: the layer and a copy's tensors; `saved_modules.rs` wires them into `PeftModel`.
 
-use std::any::Any;
 use std::collections::BTreeMap;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Tensor, Var};
 
 use crate::model::linear::{Linear, LinearLayer};
 
 /// A linear module of `modules_to_save`: the original and a trainable copy per adapter.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ModulesToSaveLayer {
     pub(super) original: Linear,
     pub(super) copies: BTreeMap<String, Linear>,
@@ -56,18 +55,19 @@ impl ModulesToSaveLayer {
     }
 }
 
+/// The original is the base; forward, the weight and the bias are the active copy's.
 impl LinearLayer for ModulesToSaveLayer {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         self.current().forward(x)
     }
-    fn in_features(&self) -> usize {
-        self.original.in_features()
+    fn kind(&self) -> &str {
+        "modules_to_save"
     }
-    fn out_features(&self) -> usize {
-        self.original.out_features()
+    fn base(&self) -> Option<&Linear> {
+        Some(&self.original)
     }
-    fn kind(&self) -> String {
-        format!("modules_to_save({})", self.original.kind())
+    fn base_mut(&mut self) -> Option<&mut Linear> {
+        Some(&mut self.original)
     }
     fn dense_weight(&self) -> candle_core::Result<Tensor> {
         self.current().dense_weight()
@@ -91,21 +91,6 @@ impl LinearLayer for ModulesToSaveLayer {
                 .values()
                 .map(Linear::storage_bytes)
                 .sum::<usize>()
-    }
-    fn dtype(&self) -> DType {
-        self.original.dtype()
-    }
-    fn device(&self) -> Device {
-        self.original.device()
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
-    fn into_any(self: Box<Self>) -> Box<dyn Any> {
-        self
     }
 }
 

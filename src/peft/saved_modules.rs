@@ -16,7 +16,7 @@ use crate::model::llama::{Llama, WeightSource};
 use crate::{Error, Result};
 
 /// The copies of every adapter and the originals of the tensor modules (embeddings, norms).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct SavedModules {
     originals: BTreeMap<String, Tensor>,
     pub(super) copies: BTreeMap<String, Vec<ModuleCopy>>,
@@ -141,17 +141,17 @@ impl PeftModel {
         // Check every linear before changing anything.
         for path in paths.iter().filter(|p| !tensor_paths.contains(p)) {
             let layer = self.model.linear(path)?;
-            if config.targets(path)? || layer.downcast_ref::<LoraLayer>().is_some() {
+            if config.targets(path)? || layer.get::<LoraLayer>().is_some() {
                 return Err(Error::config(
                     "modules_to_save",
                     format!("`{path}` has a LoRA adapter; a module is either adapted or trained in full"),
                 ));
             }
-            let inner = match layer.downcast_ref::<ModulesToSaveLayer>() {
+            let inner = match layer.get::<ModulesToSaveLayer>() {
                 Some(m) => m.original(),
                 None => layer,
             };
-            if inner.downcast_ref::<Dense>().is_none() {
+            if inner.is_quantized() || inner.base().is_some() {
                 return Err(Error::config(
                     "modules_to_save",
                     format!(
@@ -191,7 +191,7 @@ impl PeftModel {
         for path in paths.iter().filter(|p| !tensor_paths.contains(p)) {
             let mut copy = None;
             self.model.map_linear(path, |old| {
-                let mut m = match old.downcast::<ModulesToSaveLayer>() {
+                let mut m = match old.into_layer::<ModulesToSaveLayer>() {
                     Ok(m) => m,
                     Err(old) => ModulesToSaveLayer {
                         original: old,
@@ -245,7 +245,7 @@ impl PeftModel {
             }
         }
         for (_, l) in self.model.linears_mut() {
-            if let Some(m) = l.downcast_mut::<ModulesToSaveLayer>() {
+            if let Some(m) = l.get_mut::<ModulesToSaveLayer>() {
                 m.active = active
                     .filter(|a| m.copies.contains_key(*a))
                     .map(str::to_string);
@@ -260,7 +260,7 @@ impl PeftModel {
         self.saved.originals.retain(|p, _| still.contains(p));
         for path in self.model.linear_paths() {
             self.model
-                .map_linear(&path, |l| match l.downcast::<ModulesToSaveLayer>() {
+                .map_linear(&path, |l| match l.into_layer::<ModulesToSaveLayer>() {
                     Ok(mut m) => {
                         m.copies.remove(name);
                         Ok(if m.copies.is_empty() {
@@ -316,7 +316,7 @@ impl PeftModel {
             let tied_head =
                 path == "lm_head" && !diverged && self.model.config().tie_word_embeddings;
             self.model
-                .map_linear(&path, |l| match l.downcast::<ModulesToSaveLayer>() {
+                .map_linear(&path, |l| match l.into_layer::<ModulesToSaveLayer>() {
                     Ok(_) if tied_head => Ok(Linear::new(Dense::new(embed.clone(), None)?)),
                     Ok(mut m) => {
                         let current = match m.active.as_ref().and_then(|a| m.copies.remove(a)) {

@@ -46,7 +46,7 @@ impl PeftModel {
         let paths: Vec<String> = self.lora_layers().into_iter().map(|(p, _)| p).collect();
         for path in paths {
             self.model
-                .map_linear(&path, |l| match l.downcast::<LoraLayer>() {
+                .map_linear(&path, |l| match l.into_layer::<LoraLayer>() {
                     Ok(lora) => {
                         let (layer, rounding) = lora.merge_and_requantize(safe_merge, &path)?;
                         report.layers.extend(rounding);
@@ -64,7 +64,7 @@ impl PeftModel {
         let paths: Vec<String> = self.lora_layers().into_iter().map(|(p, _)| p).collect();
         for path in paths {
             self.model
-                .map_linear(&path, |l| match l.downcast::<LoraLayer>() {
+                .map_linear(&path, |l| match l.into_layer::<LoraLayer>() {
                     Ok(lora) => Ok(lora.unload()),
                     Err(l) => Ok(l),
                 })?;

@@ -325,6 +325,11 @@ pub fn quantize_affine(w: &Tensor, cfg: &AffineConfig) -> Result<AffineWeight> {
 }
 
 impl AffineWeight {
+    /// The scheme it was quantized with, to quantize a merged weight the same way.
+    pub fn scheme(&self) -> crate::quant::QuantScheme {
+        crate::quant::QuantScheme::Affine(self.config)
+    }
+
     /// The configuration it was quantized with.
     pub fn config(&self) -> &AffineConfig {
         &self.config
@@ -470,8 +475,8 @@ impl QuantizedWeight for AffineWeight {
     fn device(&self) -> Device {
         self.codes.device().clone()
     }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
+    fn requantize(&self, w: &Tensor, name: &str) -> Result<Box<dyn QuantizedWeight>> {
+        self.scheme().quantize(w, name)
     }
 }
 

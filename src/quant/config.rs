@@ -238,26 +238,35 @@ pub fn quantize_model_with(
         bytes_before: 0,
         bytes_after: 0,
     };
-    for path in model.linear_paths() {
-        if config.skips(&path) {
-            summary.skipped.push(path);
-            continue;
+    model.edit(|model| {
+        for path in model.linear_paths() {
+            if config.skips(&path) {
+                summary.skipped.push(path);
+                continue;
+            }
+            let layer = model.linear(&path)?;
+            if layer.is_quantized() {
+                return Err(Error::Input(format!(
+                    "`{path}` is already quantized ({}); quantize a model once, from its dense \
+                     weights",
+                    layer.kind()
+                )));
+            }
+            // Under an adapter (LoRA, modules_to_save) the base is quantized and the adapter
+            // stays as it is: its ΔW is never folded into the codes.
+            let base = layer.innermost();
+            let before = base.storage_bytes();
+            let w = base.dense_weight()?;
+            let q = QLinear::from_box(scheme.quantize(&w, &path)?, base.bias().cloned(), compute)?;
+            summary.bytes_before += before;
+            summary.bytes_after += LinearLayer::storage_bytes(&q);
+            model.map_linear(&path, |mut l| {
+                *l.innermost_mut() = Linear::new(q);
+                Ok(l)
+            })?;
+            summary.quantized.push(path);
         }
-        let layer = model.linear(&path)?;
-        if layer.downcast_ref::<QLinear>().is_some() {
-            return Err(Error::Input(format!(
-                "`{path}` is already quantized ({}); quantize a model once, from its dense weights",
-                layer.kind()
-            )));
-        }
-        let before = layer.storage_bytes();
-        let w = layer.dense_weight()?;
-        let bias = layer.bias().cloned();
-        let q = QLinear::from_box(scheme.quantize(&w, &path)?, bias, compute)?;
-        summary.bytes_before += before;
-        summary.bytes_after += LinearLayer::storage_bytes(&q);
-        model.replace_linear(&path, Linear::new(q))?;
-        summary.quantized.push(path);
-    }
+        Ok(())
+    })?;
     Ok(summary)
 }

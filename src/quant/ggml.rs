@@ -205,7 +205,12 @@ impl GgmlWeight {
         })
     }
 
-    /// The GGML type.
+    /// The scheme it was quantized with, to quantize a merged weight the same way.
+    pub fn scheme(&self) -> crate::quant::QuantScheme {
+        crate::quant::QuantScheme::Ggml(self.ggml_dtype())
+    }
+
+    /// The GGML block type.
     pub fn ggml_dtype(&self) -> GgmlDType {
         self.qtensor.dtype()
     }
@@ -321,8 +326,8 @@ impl QuantizedWeight for GgmlWeight {
         };
         y.to_dtype(dtype)
     }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
+    fn requantize(&self, w: &Tensor, name: &str) -> Result<Box<dyn QuantizedWeight>> {
+        self.scheme().quantize(w, name)
     }
 }
 

@@ -234,7 +234,14 @@ impl Int8Weight {
         &self.scb
     }
 
-    /// The activation outlier threshold of forward (`llm_int8_threshold`).
+    /// The scheme it was quantized with, to quantize a merged weight the same way.
+    pub fn scheme(&self) -> crate::quant::QuantScheme {
+        crate::quant::QuantScheme::Int8 {
+            threshold: self.threshold(),
+        }
+    }
+
+    /// The outlier threshold of forward (`llm_int8_threshold`).
     pub fn threshold(&self) -> f32 {
         self.threshold
     }
@@ -318,8 +325,8 @@ impl QuantizedWeight for Int8Weight {
         }
         y.to_dtype(x.dtype())?.reshape(out_dims)
     }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
+    fn requantize(&self, w: &Tensor, name: &str) -> Result<Box<dyn QuantizedWeight>> {
+        self.scheme().quantize(w, name)
     }
 }
 

@@ -326,7 +326,7 @@ pub fn dequantize_4bit_into(packed: &[u8], state: &QuantState, out: &mut [f32]) 
 
 /// A weight `[out, in]` quantized to NF4/FP4: packed codes as a U8 tensor on the weight's
 /// device and its [`QuantState`].
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct FourBitWeight {
     packed: Tensor,
     state: QuantState,
@@ -348,7 +348,16 @@ pub fn quantize_4bit_weight(w: &Tensor, name: &str, cfg: &FourBitConfig) -> Resu
 }
 
 impl FourBitWeight {
-    /// The quantization state (absmax, block size, shape, type).
+    /// The scheme it was quantized with, to quantize a merged weight the same way.
+    pub fn scheme(&self) -> crate::quant::QuantScheme {
+        crate::quant::QuantScheme::FourBit(FourBitConfig {
+            quant_type: self.state.quant_type,
+            blocksize: self.state.blocksize,
+            double_quant: self.double_quant,
+        })
+    }
+
+    /// The quantization state (absmax, code book, block size), as bitsandbytes' `quant_state`.
     pub fn quant_state(&self) -> &QuantState {
         &self.state
     }
@@ -496,7 +505,7 @@ impl QuantizedWeight for FourBitWeight {
     fn device(&self) -> Device {
         self.packed.device().clone()
     }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
+    fn requantize(&self, w: &Tensor, name: &str) -> Result<Box<dyn QuantizedWeight>> {
+        self.scheme().quantize(w, name)
     }
 }

@@ -7,45 +7,19 @@
 //! tensors outside any `VarMap`: no gradient ever reaches them, and [`QLinear::set_trainable`]
 //! refuses, as slide 25 says: train adapters on top of a frozen quantized base (QLoRA).
 
-use std::any::Any;
-use std::fmt::Debug;
-
 use candle_core::{DType, Device, Tensor};
 
-use crate::model::linear::{linear_forward, LinearLayer};
+pub use crate::model::quantized::QuantizedWeight;
+
+use crate::model::linear::{Linear, LinearLayer};
 use crate::{Error, Result};
 
-/// A weight matrix `[out_features, in_features]` stored quantized.
-///
-/// Implemented by each scheme: NF4/FP4 ([`super::nf4`]), affine n-bit ([`super::affine`]),
-/// LLM.int8 ([`super::int8`]), GGML types ([`super::ggml`]).
-pub trait QuantizedWeight: Send + Sync + Debug + Any {
-    /// The scheme's short name ("nf4", "fp4", "int8", "affine-int4-g64", "q4_0", ...).
-    fn kind(&self) -> String;
-    /// Rows of the weight: output width.
-    fn out_features(&self) -> usize;
-    /// Columns of the weight: input width.
-    fn in_features(&self) -> usize;
-    /// The weight, dequantized to `dtype`, shape `[out, in]`, on the weight's device.
-    fn dequantize(&self, dtype: DType) -> candle_core::Result<Tensor>;
-    /// Bytes of everything stored: codes and all constants (absmax, scales, zero points, the
-    /// second-level state of double quantization).
-    fn storage_bytes(&self) -> usize;
-    /// The device the codes live on.
-    fn device(&self) -> Device;
-    /// `x·Wᵀ` in `x`'s dtype. The default dequantizes and multiplies.
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let w = self.dequantize(x.dtype())?;
-        linear_forward(x, &w, None)
-    }
-    /// For downcasting to the concrete weight.
-    fn as_any(&self) -> &dyn Any;
-}
-
 /// A linear layer with a quantized, frozen weight.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct QLinear {
     weight: Box<dyn QuantizedWeight>,
+    /// The scheme's name, computed once (`kind()` hands out a borrow).
+    kind: String,
     bias: Option<Tensor>,
     compute_dtype: DType,
 }
@@ -87,6 +61,7 @@ impl QLinear {
             None => None,
         };
         Ok(Self {
+            kind: weight.kind(),
             weight,
             bias,
             compute_dtype,
@@ -96,11 +71,6 @@ impl QLinear {
     /// The quantized weight.
     pub fn weight(&self) -> &dyn QuantizedWeight {
         self.weight.as_ref()
-    }
-
-    /// The concrete quantized weight, if it is a `T`.
-    pub fn weight_as<T: QuantizedWeight>(&self) -> Option<&T> {
-        self.weight.as_any().downcast_ref::<T>()
     }
 
     /// The dtype forward computes in.
@@ -137,20 +107,32 @@ impl LinearLayer for QLinear {
         };
         y.to_dtype(in_dtype)
     }
+    fn kind(&self) -> &str {
+        &self.kind
+    }
     fn in_features(&self) -> usize {
         self.weight.in_features()
     }
     fn out_features(&self) -> usize {
         self.weight.out_features()
     }
-    fn kind(&self) -> String {
-        self.weight.kind()
-    }
     fn dense_weight(&self) -> candle_core::Result<Tensor> {
         self.weight.dequantize(self.compute_dtype)
     }
+    fn quantized(&self) -> Option<&dyn QuantizedWeight> {
+        Some(self.weight.as_ref())
+    }
     fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
+    }
+    /// The bias in the compute dtype (a tensor already in it is kept as it is, so a trainable
+    /// bias `Var` of that dtype stays the same tensor and receives its gradient).
+    fn set_bias(&mut self, bias: Option<Tensor>) -> Result<()> {
+        self.bias = match bias {
+            Some(b) if b.dtype() != self.compute_dtype => Some(b.to_dtype(self.compute_dtype)?),
+            b => b,
+        };
+        Ok(())
     }
     /// Logical parameters, `out·in` (+ bias), as peft counts a 4-bit layer (not the packed
     /// byte count that `numel()` of a bitsandbytes `Params4bit` gives).
@@ -171,13 +153,17 @@ impl LinearLayer for QLinear {
     fn device(&self) -> Device {
         self.weight.device()
     }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
-    fn into_any(self: Box<Self>) -> Box<dyn Any> {
-        self
+}
+
+impl QLinear {
+    /// The same layer with its weight quantized again from the dense `w` (same scheme,
+    /// bias and compute dtype): a merged LoRA layer back to 4 bits.
+    pub fn requantized(&self, w: &Tensor, name: &str) -> Result<Linear> {
+        let q = QLinear::from_box(
+            self.weight.requantize(w, name)?,
+            self.bias.as_ref().map(Tensor::detach),
+            self.compute_dtype,
+        )?;
+        Ok(Linear::new(q))
     }
 }

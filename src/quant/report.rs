@@ -28,7 +28,7 @@ use candle_core::{DType, Tensor};
 use serde::Serialize;
 
 use crate::memory::MemoryBudget;
-use crate::model::linear::{Dense, Linear};
+use crate::model::linear::Linear;
 use crate::model::llama::Llama;
 use crate::model::summary::group;
 use crate::viz::Histogram;
@@ -301,10 +301,12 @@ fn dtype_name(d: DType) -> String {
 /// Whether `lm_head` is a dense layer over the very storage of `embed_tokens` (tied weights
 /// as loaded), so that its bytes are counted once.
 fn lm_head_shares_embedding(model: &Llama) -> bool {
-    model
-        .lm_head
-        .downcast_ref::<Dense>()
-        .is_some_and(|d| d.weight().id() == model.embed_tokens.id())
+    let head = &model.lm_head;
+    head.base().is_none()
+        && !head.is_quantized()
+        && head
+            .dense_weight()
+            .is_ok_and(|w| w.id() == model.embed_tokens.id())
 }
 
 /// Parameters and bytes of the projection at `path`. A tied `lm_head` has no parameters of
@@ -364,7 +366,7 @@ pub fn memory_footprint(model: &Llama) -> ModelFootprint {
         let kind = if bytes == 0 && path == "lm_head" {
             "dense (tied to embed_tokens)".to_string()
         } else {
-            lin.kind()
+            lin.kind().into_owned()
         };
         rows.push(FootprintRow {
             name: path.clone(),
@@ -521,8 +523,8 @@ pub fn quant_report(before: &Llama, after: &Llama) -> Result<QuantReport> {
         let (_, bytes_after) = linear_size(after, &path, la);
         layers.push(QuantRow {
             parameters,
-            kind_before: lb.kind(),
-            kind_after: la.kind(),
+            kind_before: lb.kind().into_owned(),
+            kind_after: la.kind().into_owned(),
             bytes_before,
             bytes_after,
             error,

@@ -67,7 +67,7 @@ impl FullFineTune {
                 continue;
             }
             let layer = model.linear(&path)?;
-            let Some(dense) = layer.downcast_ref::<Dense>() else {
+            if layer.base().is_some() || layer.is_quantized() {
                 return Err(Error::Config {
                     field: path.clone(),
                     msg: format!(
@@ -76,8 +76,8 @@ impl FullFineTune {
                         layer.kind()
                     ),
                 });
-            };
-            let w = Var::from_tensor(dense.weight())?;
+            }
+            let w = Var::from_tensor(&layer.dense_weight()?)?;
             let b = match layer.bias() {
                 Some(b) => Some(Var::from_tensor(b)?),
                 None => None,
@@ -116,8 +116,8 @@ impl Trainable for FullFineTune {
         self.vars.clone()
     }
 
-    fn set_training(&mut self, _training: bool) -> Result<()> {
-        Ok(()) // Llama has no dropout
+    fn set_training(&mut self, training: bool) {
+        self.model.set_training(training)
     }
 
     fn save_trained(&self, dir: &Path) -> Result<()> {

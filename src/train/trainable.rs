@@ -1,9 +1,10 @@
-//! [`Trainable`]: what the trainer needs from a model — its forward, its trainable parameters
-//! and how to save what was trained. Implemented by [`PeftModel`] (LoRA, DoRA, QLoRA: the
-//! adapter is trained, saved in PEFT's format) and by [`FullFineTune`](super::full::FullFineTune)
-//! (every weight trained, saved as a HF model directory): one trainer for both.
+//! [`Trainable`]: what the trainer needs from a model — its forward, its trainable parameters,
+//! its mode and how to save what was trained. Every PEFT method is trainable through
+//! [`PeftMethod`] (LoRA, DoRA, QLoRA, prompt and prefix tuning, bottleneck adapters: the
+//! adapter is trained and saved in PEFT's format), and so is
+//! [`FullFineTune`](super::full::FullFineTune) (every weight trained, saved as a HF model
+//! directory): one trainer for all.
 
-use std::collections::HashSet;
 use std::path::Path;
 
 use candle_core::{Tensor, Var};
@@ -11,8 +12,7 @@ use candle_core::{Tensor, Var};
 use crate::model::linear::Linear;
 use crate::model::llama::{CheckpointedForward, ForwardOptions, Llama};
 use crate::peft::dropout::DropoutRng;
-use crate::peft::io::save_adapter;
-use crate::peft::PeftModel;
+use crate::peft::PeftMethod;
 use crate::Result;
 
 /// A model the [`Trainer`](super::Trainer) can train.
@@ -45,8 +45,8 @@ pub trait Trainable {
     /// The parameters the optimizer updates, with stable names (they key the checkpoint).
     fn named_trainable_vars(&self) -> Vec<(String, Var)>;
 
-    /// Training mode on or off (dropout).
-    fn set_training(&mut self, training: bool) -> Result<()>;
+    /// Training mode (`true`: dropout on, trainable tensors read directly) or evaluation mode.
+    fn set_training(&mut self, training: bool);
 
     /// Where dropout masks come from while training (reproducible runs); default: ignored.
     fn set_dropout_rng(&mut self, rng: &DropoutRng) {
@@ -63,46 +63,43 @@ pub trait Trainable {
     /// directory) into `dir`.
     fn save_trained(&self, dir: &Path) -> Result<()>;
 
-    /// What is trained, for logs: "LoRA adapter `default`", "full model".
+    /// What is trained, for logs: "LORA adapter `default`", "full model".
     fn describe(&self) -> String;
 }
 
-impl Trainable for PeftModel {
+impl<M: PeftMethod> Trainable for M {
     fn llama(&self) -> &Llama {
-        &self.model
+        self.base_model()
     }
-
-    /// The active adapter's `Var`s under their `VarMap` names
-    /// (`base_model.model.{path}.lora_A.{adapter}.weight`), sorted.
+    fn hidden_states(&self, input_ids: &Tensor, opts: &ForwardOptions) -> Result<Tensor> {
+        PeftMethod::hidden_states(self, input_ids, opts)
+    }
+    fn hidden_states_checkpointed(
+        &self,
+        input_ids: &Tensor,
+        opts: &ForwardOptions,
+    ) -> Result<(Tensor, CheckpointedForward)> {
+        PeftMethod::hidden_states_checkpointed(self, input_ids, opts)
+    }
+    fn lm_head(&self) -> &Linear {
+        PeftMethod::lm_head(self)
+    }
     fn named_trainable_vars(&self) -> Vec<(String, Var)> {
-        let ids: HashSet<_> = self
-            .trainable_vars()
-            .iter()
-            .map(|v| v.as_tensor().id())
-            .collect();
-        let data = self.varmap().data().lock().expect("varmap lock");
-        let mut named: Vec<(String, Var)> = data
-            .iter()
-            .filter(|(_, v)| ids.contains(&v.as_tensor().id()))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        named.sort_by(|a, b| a.0.cmp(&b.0));
-        named
+        PeftMethod::named_trainable_vars(self)
     }
-
-    fn set_training(&mut self, training: bool) -> Result<()> {
-        PeftModel::set_training(self, training)
+    fn set_training(&mut self, training: bool) {
+        PeftMethod::set_training(self, training)
     }
-
     fn set_dropout_rng(&mut self, rng: &DropoutRng) {
-        PeftModel::set_dropout_rng(self, rng)
+        PeftMethod::set_dropout_rng(self, rng)
     }
-
+    fn aux_loss(&self) -> Result<Option<Tensor>> {
+        PeftMethod::aux_loss(self)
+    }
     fn save_trained(&self, dir: &Path) -> Result<()> {
-        save_adapter(self, dir, self.active_adapter())
+        self.save_pretrained(dir)
     }
-
     fn describe(&self) -> String {
-        format!("LoRA adapter `{}`", self.active_adapter())
+        format!("{} adapter `{}`", self.peft_type(), self.active_adapter())
     }
 }

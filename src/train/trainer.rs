@@ -287,6 +287,8 @@ impl<M: Trainable> Trainer<M> {
             Ok(())
         })();
         progress.finish();
+        // Evaluation mode between cells (generation, evaluation), also after an error.
+        self.model.set_training(false);
         result?;
         let logs = &self.state.history.steps[first..];
         let tokens: usize = logs.iter().map(|l| l.tokens).sum();
@@ -343,7 +345,8 @@ impl<M: Trainable> Trainer<M> {
             targets: n_targets,
         };
         let mut loss_sum = 0.0f64;
-        self.model.set_training(true)?;
+        // Training mode for the step (dropout on; LoRA reads A and B, which the step changes).
+        self.model.set_training(true);
         let accum = self.args.gradient_accumulation_steps as u64;
         for (j, (batch, (rows, tgt))) in micro.iter().zip(&targets).enumerate() {
             acc.tokens += batch.num_tokens;
@@ -365,7 +368,7 @@ impl<M: Trainable> Trainer<M> {
             }
             if let Some(aux) = self.model.aux_loss()? {
                 if self.args.gradient_checkpointing {
-                    self.model.set_training(false)?;
+                    self.model.set_training(false);
                     return Err(Error::Training(
                         "gradient_checkpointing: the model adds an auxiliary loss, whose \
                          gradient a checkpointed forward does not carry back through the layers; \
@@ -397,7 +400,6 @@ impl<M: Trainable> Trainer<M> {
                 }
             }
         }
-        self.model.set_training(false)?;
         acc.loss = if n_targets > 0 {
             loss_sum / n_targets as f64
         } else {
@@ -413,7 +415,9 @@ impl<M: Trainable> Trainer<M> {
     /// without taking the step: for checking slide 35's formulas or gradient accumulation.
     pub fn next_step_gradients(&mut self) -> Result<(f64, NamedGradients)> {
         let micro = self.next_micro_batches()?;
-        let acc = self.accumulate(&micro, self.state.global_step)?;
+        let acc = self.accumulate(&micro, self.state.global_step);
+        self.model.set_training(false);
+        let acc = acc?;
         let names = self.optimizer.vars().iter().map(|(n, _)| n.clone());
         Ok((acc.loss, names.zip(acc.grads).collect()))
     }
@@ -452,8 +456,6 @@ impl<M: Trainable> Trainer<M> {
         }
         let lr = self.schedule.lr(step);
         self.optimizer.step(&grads, lr)?;
-        // The weights changed: evaluation mode starts afresh (LoRA's cached Aᵀ/Bᵀ copies).
-        self.model.set_training(false)?;
         // Advance the position.
         self.state.global_step += 1;
         self.state.batch_in_epoch += micro.len();
@@ -507,7 +509,7 @@ impl<M: Trainable> Trainer<M> {
                 "no eval dataset: pass one to Trainer::new to evaluate".into(),
             ));
         };
-        self.model.set_training(false)?;
+        self.model.set_training(false);
         let mut sum = 0.0f64;
         let mut n = 0usize;
         for i in 0..eval.num_batches() {
