@@ -25,6 +25,7 @@
 //! is the median of the per-run ratios LoRA / plain.
 
 mod common;
+use tunelab::peft::PeftMethod;
 use common::median;
 
 use std::time::Instant;
@@ -196,15 +197,15 @@ fn main() -> tunelab::Result<()> {
             });
             for (ids, t) in inputs.iter().zip(tokens) {
                 // Without evaluation copies (a fresh get_peft_model never made any).
-                let (_, l, ratio) = paired_ms(&plain, &peft.model, ids, runs);
+                let (_, l, ratio) = paired_ms(&plain, &peft.base_model(), ids, runs);
                 row[format!("lora_train_path_t{t}_ms")] = l.into();
                 row[format!("overhead_train_path_t{t}")] = ratio.into();
-                peft.set_training(false)?;
-                let (p, l, ratio) = paired_ms(&plain, &peft.model, ids, runs);
+                peft.eval();
+                let (p, l, ratio) = paired_ms(&plain, &peft.base_model(), ids, runs);
                 row[format!("plain_t{t}_ms")] = p.into();
                 row[format!("lora_t{t}_ms")] = l.into();
                 row[format!("overhead_t{t}")] = ratio.into();
-                let _ = peft.trainable_vars(); // back to no copies for the next length
+                peft.train(); // back to no copies for the next length
             }
             model = peft.unload()?;
             rows.push(row);

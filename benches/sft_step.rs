@@ -27,6 +27,7 @@
 //! experiment on what a matmul's backward costs when the weight is frozen.
 
 mod common;
+use tunelab::peft::PeftMethod;
 use common::median;
 
 use std::time::Instant;
@@ -38,7 +39,7 @@ use tunelab::model::pretrained::{LoadOptions, Pretrained};
 use tunelab::peft::{get_peft_model_seeded, LoraConfig, PeftModel, TargetModules};
 use tunelab::train::loss::{cross_entropy_sum, shifted_targets};
 use tunelab::train::{
-    clip_grad_norm, AdamW, AdamWConfig, IntervalStrategy, ProgressStyle, SchedulerType, Trainable,
+    clip_grad_norm, AdamW, AdamWConfig, IntervalStrategy, ProgressStyle, SchedulerType,
     Trainer, TrainingArgs,
 };
 
@@ -100,7 +101,7 @@ fn profile_step(
     let batch = batcher.batch(0, i, &dev)?;
     let (rows, tgt) = shifted_targets(&batch.labels.to_vec2::<i64>()?)?;
     let n = rows.len() as f64;
-    model.set_training(true)?;
+    model.train();
     let rss0 = status_mb("VmRSS:");
     reset_hwm();
     let t0 = Instant::now();
@@ -126,7 +127,7 @@ fn profile_step(
     let t4 = Instant::now();
     opt.step(&grads, 1e-4)?;
     let t5 = Instant::now();
-    model.set_training(false)?;
+    model.eval();
     let s = |a: Instant, b: Instant| (b - a).as_secs_f64();
     let times = [s(t0, t1), s(t1, t2), s(t2, t3), s(t3, t4), s(t4, t5)];
     Ok((times, [rss0, hwm_fwd, hwm_bwd]))

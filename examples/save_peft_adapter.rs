@@ -4,6 +4,7 @@
 //!
 //! `cargo run --example save_peft_adapter -- BASE_DIR OUT_DIR [lora|rslora|dora]`
 
+use tunelab::peft::PeftMethod;
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
@@ -58,7 +59,7 @@ fn main() -> tunelab::Result<()> {
         ],
         &Device::Cpu,
     )?;
-    let logits = peft.model.forward(&ids, None)?;
+    let logits = peft.base_model().forward(&ids, None)?;
     let mut t = BTreeMap::new();
     t.insert("logits".to_string(), logits);
     t.insert("input_ids".to_string(), ids.to_dtype(DType::I64)?);

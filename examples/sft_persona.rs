@@ -8,6 +8,7 @@
 //! ```
 //! Prints eval loss before/after and how many held-out answers show the persona.
 
+use tunelab::peft::PeftMethod;
 use candle_core::DType;
 use tunelab::data::records::load_records;
 use tunelab::device::best_device;
@@ -72,7 +73,7 @@ fn main() -> tunelab::Result<()> {
     let mut cfg = LoraConfig::new(6, 8.0, TargetModules::all_linear());
     cfg.lora_dropout = 0.05;
     let peft = get_peft_model_seeded(model, &cfg, 42)?;
-    println!("{}", peft.print_trainable_parameters());
+    peft.print_trainable_parameters();
 
     let records = load_records("data/persona.jsonl")?;
     let n_eval = records.len() / 10;
@@ -108,7 +109,7 @@ fn main() -> tunelab::Result<()> {
     tunelab::peft::save_adapter(&peft, format!("{out}/adapter"), "default")?;
 
     println!("== after training");
-    let after_persona = ask(&peft.model, &tok, &heldout)?;
+    let after_persona = ask(&peft.base_model(), &tok, &heldout)?;
     let q = peft
         .lora_layer("model.layers.0.self_attn.q_proj")?
         .verify_merge()?;

@@ -9,6 +9,7 @@
 //! Without `--model`, the default model (SmolLM2-135M-Instruct) is resolved as the library
 //! describes: `TUNELAB_MODEL`, the hub cache, the hub, then the offline PyPI fallback.
 
+use tunelab::peft::PeftMethod;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
@@ -264,7 +265,7 @@ fn sft(a: &SftArgs) -> Result<()> {
         );
     }
     let peft = get_peft_model_seeded(model, &lora, a.seed)?;
-    println!("{}", peft.print_trainable_parameters());
+    peft.print_trainable_parameters();
 
     let args = TrainingArgs {
         output_dir: a.out.clone(),

@@ -5,6 +5,7 @@
 
 mod common;
 
+use tunelab::peft::PeftMethod;
 use candle_core::{Device, Tensor, Var};
 use tunelab::model::llama::{BlockAdapter, KvCache};
 use tunelab::peft::{get_bottleneck_model, BottleneckConfig, BottleneckModel, NonLinearity};
@@ -57,11 +58,11 @@ fn at_init_the_model_is_the_base() {
         let base = tiny(3);
         let want = base.forward(&ids(&INPUT), None).unwrap();
         let bm = get_bottleneck_model(tiny(3), &cfg, 7).unwrap();
-        let got = bm.forward(&ids(&INPUT), None).unwrap();
+        let got = bm.base_model().forward(&ids(&INPUT), None).unwrap();
         // W_up = 0, biases 0: h + 0 is h, exactly.
         assert_eq!(max_abs_diff(&got, &want), 0.0, "{name}");
         let mut c = KvCache::new();
-        let got = bm.forward(&ids(&INPUT), Some(&mut c)).unwrap();
+        let got = bm.base_model().forward(&ids(&INPUT), Some(&mut c)).unwrap();
         let mut c = KvCache::new();
         let want = base.forward(&ids(&INPUT), Some(&mut c)).unwrap();
         assert_eq!(max_abs_diff(&got, &want), 0.0, "{name} (cached path)");
@@ -156,15 +157,15 @@ fn adapters_change_the_output_and_the_cached_path_agrees() {
     for (name, cfg) in cases() {
         let mut bm = active(&cfg, 4);
         let plain = tiny(4).forward(&ids(&INPUT), None).unwrap();
-        let full = bm.forward(&ids(&INPUT), None).unwrap();
+        let full = bm.base_model().forward(&ids(&INPUT), None).unwrap();
         let moved = max_abs_diff(&full, &plain);
         assert!(moved > 1e-3, "{name}: the adapters do nothing ({moved})");
         // Prefill then one token at a time, through the fused kernels.
         let mut c = KvCache::new();
-        let first = bm.forward(&ids(&INPUT[..4]), Some(&mut c)).unwrap();
+        let first = bm.base_model().forward(&ids(&INPUT[..4]), Some(&mut c)).unwrap();
         let mut steps = vec![first];
         for &t in &INPUT[4..] {
-            steps.push(bm.forward(&ids(&[t]), Some(&mut c)).unwrap());
+            steps.push(bm.base_model().forward(&ids(&[t]), Some(&mut c)).unwrap());
         }
         let cached = Tensor::cat(&steps, 1).unwrap();
         let d = max_rel_diff(&cached, &full);
@@ -174,7 +175,7 @@ fn adapters_change_the_output_and_the_cached_path_agrees() {
             .with_adapters_disabled(|m| m.forward(&ids(&INPUT), None))
             .unwrap();
         assert_eq!(max_abs_diff(&off, &plain), 0.0, "{name}");
-        let again = bm.forward(&ids(&INPUT), None).unwrap();
+        let again = bm.base_model().forward(&ids(&INPUT), None).unwrap();
         assert_eq!(max_abs_diff(&again, &full), 0.0, "{name}");
         let unloaded = bm.unload();
         assert!(unloaded.block_adapter().is_none());
@@ -207,7 +208,7 @@ fn gradients_reach_only_the_adapters() {
     let cfg = BottleneckConfig::default();
     // At init (W_up = 0) only the up-projection and its bias learn on the first step.
     let bm = get_bottleneck_model(tiny(5), &cfg, 2).unwrap();
-    let grads = loss(&bm.forward(&ids(&INPUT), None).unwrap())
+    let grads = loss(&bm.base_model().forward(&ids(&INPUT), None).unwrap())
         .backward()
         .unwrap();
     let data = bm.varmap().data().lock().unwrap();
@@ -223,17 +224,17 @@ fn gradients_reach_only_the_adapters() {
         }
     }
     drop(data);
-    assert!(grads.get(&bm.model.embed_tokens).is_none());
+    assert!(grads.get(&bm.base_model().embed_tokens).is_none());
     for path in [
         "model.layers.0.self_attn.o_proj",
         "model.layers.1.mlp.down_proj",
     ] {
-        let w = bm.model.linear(path).unwrap().dense_weight().unwrap();
+        let w = bm.base_model().linear(path).unwrap().dense_weight().unwrap();
         assert!(grads.get(&w).is_none(), "{path} has a gradient");
     }
     // Once W_up is non-zero every adapter tensor has a gradient.
     let bm = active(&cfg, 5);
-    let grads = loss(&bm.forward(&ids(&INPUT), None).unwrap())
+    let grads = loss(&bm.base_model().forward(&ids(&INPUT), None).unwrap())
         .backward()
         .unwrap();
     for v in bm.trainable_vars() {
@@ -243,14 +244,14 @@ fn gradients_reach_only_the_adapters() {
     use candle_nn::Optimizer;
     let bm = get_bottleneck_model(tiny(5), &cfg, 2).unwrap();
     let mut opt = candle_nn::SGD::new(bm.trainable_vars(), 0.5).unwrap();
-    let first = loss(&bm.forward(&ids(&INPUT), None).unwrap())
+    let first = loss(&bm.base_model().forward(&ids(&INPUT), None).unwrap())
         .to_scalar::<f32>()
         .unwrap();
     for _ in 0..5 {
-        opt.backward_step(&loss(&bm.forward(&ids(&INPUT), None).unwrap()))
+        opt.backward_step(&loss(&bm.base_model().forward(&ids(&INPUT), None).unwrap()))
             .unwrap();
     }
-    let last = loss(&bm.forward(&ids(&INPUT), None).unwrap())
+    let last = loss(&bm.base_model().forward(&ids(&INPUT), None).unwrap())
         .to_scalar::<f32>()
         .unwrap();
     println!("bottleneck: loss {first:.4} -> {last:.4}");
@@ -346,7 +347,8 @@ fn bad_configs_are_named() {
     // One block adapter per model.
     let m = get_bottleneck_model(tiny(1), &BottleneckConfig::default(), 0)
         .unwrap()
-        .model;
+        .base_model()
+        .clone();
     let e = get_bottleneck_model(m, &BottleneckConfig::default(), 0)
         .err()
         .unwrap()

@@ -5,6 +5,7 @@
 
 mod common;
 
+use tunelab::peft::PeftMethod;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -68,7 +69,7 @@ fn bias_and_modules_to_save_match_peft() {
         let ids = exp["input_ids"].to_dtype(DType::U32).unwrap();
         let mut peft = load_adapter(base(model), &dir).unwrap();
         assert_eq!(
-            peft.print_trainable_parameters(),
+            peft.trainable_parameters().to_string(),
             want["line"].as_str().unwrap(),
             "{case}"
         );
@@ -86,7 +87,7 @@ fn bias_and_modules_to_save_match_peft() {
             strings(&want["trainable_other"]),
             "{case}: trainable names"
         );
-        let adapted = peft.model.forward(&ids, None).unwrap();
+        let adapted = peft.base_model().forward(&ids, None).unwrap();
         let d = max_abs_diff(&adapted, &exp["logits_adapted"]);
         let off = peft
             .with_adapters_disabled(|m| m.forward(&ids, None).unwrap())
@@ -153,7 +154,7 @@ fn smollm2_lines_with_bias_and_lm_head_equal_peft() {
         let model = Llama::init_random(&cfg, DType::F32, &Device::Cpu, 0).unwrap();
         let peft = get_peft_model_seeded(model, &lora, 0).unwrap();
         assert_eq!(
-            peft.print_trainable_parameters(),
+            peft.trainable_parameters().to_string(),
             json["cases"][case]["line"].as_str().unwrap(),
             "{case}"
         );
@@ -173,7 +174,7 @@ fn trained_extras_receive_gradients() {
     assert_eq!(vars.len(), 8 + 14 + 1 + 5);
     let ids = Tensor::new(&[[1u32, 5, 9, 20, 17, 3]], &Device::Cpu).unwrap();
     let loss = peft
-        .model
+        .base_model()
         .forward(&ids, None)
         .unwrap()
         .sqr()
@@ -188,11 +189,9 @@ fn trained_extras_receive_gradients() {
     // lora_A gets no gradient through B = 0 only numerically (it is in the graph).
     assert_eq!(missing, 0);
     let original = peft
-        .model
+        .base_model()
         .lm_head
-        .layer()
-        .as_any()
-        .downcast_ref::<tunelab::peft::ModulesToSaveLayer>()
+        .get::<tunelab::peft::ModulesToSaveLayer>()
         .unwrap()
         .original()
         .dense_weight()
@@ -214,7 +213,7 @@ fn modules_to_save_follow_the_active_adapter() {
     let plain = base("llama_untied").forward(&ids, None).unwrap();
     let copy = peft.modules_to_save("default")[0].weight.clone();
     copy.set(&(copy.as_tensor() * 1.5).unwrap()).unwrap();
-    let with_copy = peft.model.forward(&ids, None).unwrap();
+    let with_copy = peft.base_model().forward(&ids, None).unwrap();
     assert!(max_abs_diff(&with_copy, &plain) > 0.1);
     peft.add_adapter_seeded(
         "other",
@@ -223,12 +222,12 @@ fn modules_to_save_follow_the_active_adapter() {
     )
     .unwrap();
     // "other" has no lm_head copy: the original runs (its B = 0, so the base's logits).
-    assert!(max_abs_diff(&peft.model.forward(&ids, None).unwrap(), &plain) < 1e-5);
+    assert!(max_abs_diff(&peft.base_model().forward(&ids, None).unwrap(), &plain) < 1e-5);
     peft.set_adapter("default").unwrap();
-    assert!(max_abs_diff(&peft.model.forward(&ids, None).unwrap(), &with_copy) < 1e-6);
+    assert!(max_abs_diff(&peft.base_model().forward(&ids, None).unwrap(), &with_copy) < 1e-6);
     let all = peft.trainable_parameters().all;
     peft.delete_adapter("default").unwrap();
-    assert!(peft.model.lm_head.layer().kind() == "dense");
+    assert!(peft.base_model().lm_head.layer().kind() == "dense");
     assert_eq!(
         all - peft.trainable_parameters().all,
         128 * 64 + 2 * (4 * 64 + 64 * 4)
@@ -383,7 +382,7 @@ fn pissa_adapters_save_load_and_convert() {
         let ids = exp["input_ids"].to_dtype(DType::U32).unwrap();
         let peft = load_adapter(base("llama_untied"), &dir).unwrap();
         let d = max_abs_diff(
-            &peft.model.forward(&ids, None).unwrap(),
+            &peft.base_model().forward(&ids, None).unwrap(),
             &exp["logits_adapted"],
         );
         println!("{case}: max |ours − peft| {d:.1e}");
@@ -394,13 +393,13 @@ fn pissa_adapters_save_load_and_convert() {
     let ids = Tensor::new(&[[1u32, 5, 9, 20, 17]], &Device::Cpu).unwrap();
     let plain = base("llama_untied").forward(&ids, None).unwrap();
     let peft = get_peft_model_seeded(base("llama_untied"), &c, 3).unwrap();
-    assert!(max_abs_diff(&peft.model.forward(&ids, None).unwrap(), &plain) < 1e-4);
+    assert!(max_abs_diff(&peft.base_model().forward(&ids, None).unwrap(), &plain) < 1e-4);
     let init = tempfile::tempdir().unwrap();
     save_adapter(&peft, init.path(), "default").unwrap();
     for v in peft.trainable_vars() {
         v.set(&(v.as_tensor() * 1.1).unwrap()).unwrap(); // "training"
     }
-    let trained = peft.model.forward(&ids, None).unwrap();
+    let trained = peft.base_model().forward(&ids, None).unwrap();
     let out = tempfile::tempdir().unwrap();
     save_adapter_as_lora(&peft, out.path(), "default", init.path()).unwrap();
     let conv = load_adapter(base("llama_untied"), out.path()).unwrap();
@@ -409,7 +408,7 @@ fn pissa_adapters_save_load_and_convert() {
         (cfg.r, cfg.lora_alpha, cfg.init_lora_weights),
         (8, 16.0, InitLoraWeights::Default)
     );
-    let d = max_abs_diff(&conv.model.forward(&ids, None).unwrap(), &trained);
+    let d = max_abs_diff(&conv.base_model().forward(&ids, None).unwrap(), &trained);
     println!("pissa converted to LoRA on the original base: max |diff| {d:.1e}");
     assert!(d < 1e-4, "{d}");
 }
@@ -433,15 +432,14 @@ fn merge_and_requantize_matches_peft_and_bitsandbytes() {
     let mut own = Vec::new();
     for p in &paths {
         let l: &LoraLayer = peft.lora_layer(p).unwrap();
-        let q = l.base().downcast_ref::<QLinear>().unwrap();
-        let w0 = q.weight().dequantize(DType::F32).unwrap();
+        let q = l.base().quantized().unwrap();
+        let w0 = q.dequantize(DType::F32).unwrap();
         assert_eq!(max_abs_diff(&w0, &exp[&format!("before.{p}")]), 0.0, "{p}");
         // Independently: quantize(dequant(W_q) + ΔW) with the same scheme.
         let dw = l.adapters()["default"].delta_weight().unwrap();
         let merged = (&w0 + &dw).unwrap();
-        let scheme = tunelab::peft::merge::scheme_of(q).unwrap();
-        let back = scheme
-            .quantize(&merged, p)
+        let back = q
+            .requantize(&merged, p)
             .unwrap()
             .dequantize(DType::F32)
             .unwrap();
@@ -454,16 +452,10 @@ fn merge_and_requantize_matches_peft_and_bitsandbytes() {
     for ((p, back, rounding), r) in own.iter().zip(&report.layers) {
         assert_eq!(&r.path, p);
         let layer = model.linear(p).unwrap();
-        assert!(
-            layer.downcast_ref::<QLinear>().is_some(),
-            "{p} stays quantized"
-        );
+        assert!(layer.is::<QLinear>(), "{p} stays quantized");
         let w = layer
-            .layer()
-            .as_any()
-            .downcast_ref::<QLinear>()
+            .quantized()
             .unwrap()
-            .weight()
             .dequantize(DType::F32)
             .unwrap();
         assert_eq!(
@@ -528,40 +520,46 @@ fn kbit_preparation_reports_and_the_forward_runs() {
     let ids = Tensor::new(&[[1u32, 5, 9, 20]], &Device::Cpu).unwrap();
     let peft =
         get_peft_model_seeded(m, &LoraConfig::new(4, 8.0, TargetModules::all_linear()), 0).unwrap();
-    let logits = peft.model.forward(&ids, None).unwrap();
+    let logits = peft.base_model().forward(&ids, None).unwrap();
     assert_eq!(logits.dims(), [1, 4, 128]);
 }
 
-/// Evaluation mode's copies: same logits as the training path (to rounding), dropped when the
-/// Vars are handed out, and a model never put in evaluation mode keeps its gradients.
+/// Evaluation mode's copies: made by `eval()` only, the same logits as the training path (to
+/// rounding), used until `eval()` is called again, dropped by `train()`; a model never put in
+/// evaluation mode reads A and B and keeps its gradients. No getter changes the mode.
 #[test]
-fn eval_copies_are_exact_and_never_block_training() {
+fn eval_copies_are_exact_and_follow_the_mode() {
     let mut c = LoraConfig::new(4, 8.0, TargetModules::all_linear());
     c.init_lora_weights = InitLoraWeights::Random;
     let mut peft = get_peft_model_seeded(common::tiny(2), &c, 0).unwrap();
     let ids = Tensor::new(&[[1u32, 5, 9, 200, 17]], &Device::Cpu).unwrap();
-    let slow = peft.model.forward(&ids, None).unwrap();
+    let slow = peft.base_model().forward(&ids, None).unwrap();
     let layer = "model.layers.0.self_attn.q_proj";
-    assert_eq!(peft.lora_layer(layer).unwrap().eval_cache_len(), 0);
-    // The notebook's loop: no set_training, forward + backward reaches A and B.
+    let copies = |p: &tunelab::peft::PeftModel| p.lora_layer(layer).unwrap().eval_copies_len();
+    assert_eq!(copies(&peft), 0);
+    // A loop of one's own on a fresh model: forward + backward reaches A and B.
     let grads = slow.sqr().unwrap().mean_all().unwrap().backward().unwrap();
-    assert!(peft
-        .trainable_vars()
-        .iter()
-        .all(|v| grads.get(v.as_tensor()).is_some()));
-    peft.set_training(false).unwrap();
-    let fast = peft.model.forward(&ids, None).unwrap();
-    assert_eq!(peft.lora_layer(layer).unwrap().eval_cache_len(), 1);
+    let vars = peft.trainable_vars();
+    assert_eq!(copies(&peft), 0, "handing out the Vars changes nothing");
+    assert!(vars.iter().all(|v| grads.get(v.as_tensor()).is_some()));
+    peft.eval();
+    assert_eq!(copies(&peft), 1);
+    let fast = peft.base_model().forward(&ids, None).unwrap();
     assert!(max_abs_diff(&fast, &slow) < 1e-5);
-    let vars = peft.trainable_vars(); // handing out the Vars ends the copies
-    assert_eq!(peft.lora_layer(layer).unwrap().eval_cache_len(), 0);
     for v in &vars {
         v.set(&(v.as_tensor() * 0.5).unwrap()).unwrap();
     }
-    let after = peft.model.forward(&ids, None).unwrap();
+    let stale = peft.base_model().forward(&ids, None).unwrap();
+    assert_eq!(max_abs_diff(&stale, &fast), 0.0, "the copies stand until eval() again");
+    peft.eval();
+    let fresh = peft.base_model().forward(&ids, None).unwrap();
+    assert!(max_abs_diff(&fresh, &slow) > 1e-3, "the update shows after eval()");
+    peft.train();
+    assert_eq!(copies(&peft), 0);
+    let after = peft.base_model().forward(&ids, None).unwrap();
+    assert!(max_abs_diff(&after, &fresh) < 1e-5);
     let grads = after.sqr().unwrap().mean_all().unwrap().backward().unwrap();
     assert!(vars.iter().all(|v| grads.get(v.as_tensor()).is_some()));
-    assert!(max_abs_diff(&after, &slow) > 1e-3, "the update shows");
 }
 
 /// The reverse direction: adapters saved here load in Python peft. Writes them when
@@ -619,7 +617,7 @@ fn export_adapters_for_python_check() {
             save_adapter(&peft, &dir, "default").unwrap();
         }
         let logits = peft
-            .model
+            .base_model()
             .forward(&ids.to_dtype(DType::U32).unwrap(), None)
             .unwrap();
         let t = std::collections::HashMap::from([
@@ -645,13 +643,13 @@ fn biases_train_on_a_quantized_base() {
     let mut c = LoraConfig::new(4, 8.0, TargetModules::names(["q_proj"]));
     c.bias = LoraBias::All;
     let peft = get_peft_model_seeded(q(), &c, 0).unwrap();
-    assert!(max_abs_diff(&peft.model.forward(&ids, None).unwrap(), &plain) < 1e-5);
+    assert!(max_abs_diff(&peft.base_model().forward(&ids, None).unwrap(), &plain) < 1e-5);
     // qwen2: q, k, v biases in 2 layers.
     assert_eq!(peft.trained_biases().len(), 6);
     let key = "base_model.model.model.layers.0.self_attn.k_proj.bias";
     let b = peft.varmap().data().lock().unwrap()[key].clone();
     let grads = peft
-        .model
+        .base_model()
         .forward(&ids, None)
         .unwrap()
         .sqr()
@@ -667,5 +665,5 @@ fn biases_train_on_a_quantized_base() {
     let k = model.linear("model.layers.0.self_attn.k_proj").unwrap();
     assert_eq!(max_abs_diff(k.bias().unwrap(), b.as_tensor()), 0.0);
     let qp = model.linear("model.layers.0.self_attn.q_proj").unwrap();
-    assert!(qp.downcast_ref::<QLinear>().is_some());
+    assert!(qp.is::<QLinear>() && qp.is_quantized());
 }

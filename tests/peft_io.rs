@@ -2,6 +2,7 @@
 
 mod common;
 
+use tunelab::peft::PeftMethod;
 use candle_core::{Device, Tensor};
 use tunelab::peft::io::{read_adapter_config, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use tunelab::peft::{
@@ -25,7 +26,7 @@ fn config() -> LoraConfig {
 fn save_then_load_gives_the_same_logits() {
     let dir = tempfile::tempdir().unwrap();
     let peft = get_peft_model_seeded(tiny(4), &config(), 5).unwrap();
-    let before = peft.model.forward(&ids(), None).unwrap();
+    let before = peft.base_model().forward(&ids(), None).unwrap();
     save_adapter(&peft, dir.path(), "default").unwrap();
     // PEFT's names: adapter name stripped, under base_model.model.
     let t = candle_core::safetensors::load(dir.path().join(ADAPTER_WEIGHTS), &Device::Cpu).unwrap();
@@ -37,10 +38,10 @@ fn save_then_load_gives_the_same_logits() {
     let mut loaded = load_adapter(tiny(4), dir.path()).unwrap();
     // Loaded in evaluation mode: forward multiplies by contiguous copies of Aᵀ, Bᵀ, which
     // rounds differently (a few ulps); the same code path gives the same bits.
-    let after = loaded.model.forward(&ids(), None).unwrap();
+    let after = loaded.base_model().forward(&ids(), None).unwrap();
     assert!(common::max_abs_diff(&after, &before) < 1e-5);
-    loaded.set_training(true).unwrap();
-    let after = loaded.model.forward(&ids(), None).unwrap();
+    loaded.train();
+    let after = loaded.base_model().forward(&ids(), None).unwrap();
     assert_eq!(common::max_abs_diff(&after, &before), 0.0);
 }
 
@@ -50,7 +51,7 @@ fn dora_adapters_round_trip() {
     let mut c = config();
     c.use_dora = true;
     let peft = get_peft_model_seeded(tiny(4), &c, 5).unwrap();
-    let before = peft.model.forward(&ids(), None).unwrap();
+    let before = peft.base_model().forward(&ids(), None).unwrap();
     save_adapter(&peft, dir.path(), "default").unwrap();
     let t = candle_core::safetensors::load(dir.path().join(ADAPTER_WEIGHTS), &Device::Cpu).unwrap();
     assert_eq!(
@@ -58,7 +59,7 @@ fn dora_adapters_round_trip() {
         [64]
     );
     let loaded = load_adapter(tiny(4), dir.path()).unwrap();
-    let after = loaded.model.forward(&ids(), None).unwrap();
+    let after = loaded.base_model().forward(&ids(), None).unwrap();
     assert_eq!(common::max_abs_diff(&after, &before), 0.0);
 }
 

@@ -2,6 +2,7 @@
 
 mod common;
 
+use tunelab::peft::PeftMethod;
 use candle_core::{DType, Device, Tensor};
 use tunelab::peft::{get_peft_model_seeded, InitLoraWeights, LoraConfig, LoraLayer, TargetModules};
 use tunelab::quant::{quantize_model, QuantConfig};
@@ -57,13 +58,13 @@ fn zero_b_at_init_leaves_the_model_unchanged() {
     let base = tiny(3).forward(&ids(), None).unwrap();
     let cfg = LoraConfig::new(4, 8.0, TargetModules::all_linear());
     let peft = get_peft_model_seeded(tiny(3), &cfg, 1).unwrap();
-    let y = peft.model.forward(&ids(), None).unwrap();
+    let y = peft.base_model().forward(&ids(), None).unwrap();
     assert_eq!(common::max_abs_diff(&y, &base), 0.0);
     // DoRA: m = ‖W‖ at init, so m/‖W‖ = 1 up to rounding.
     let mut dora = cfg.clone();
     dora.use_dora = true;
     let peft = get_peft_model_seeded(tiny(3), &dora, 1).unwrap();
-    let y = peft.model.forward(&ids(), None).unwrap();
+    let y = peft.base_model().forward(&ids(), None).unwrap();
     assert!(common::max_rel_diff(&y, &base) < 1e-5);
 }
 
@@ -76,7 +77,7 @@ fn merged_equals_unmerged_and_unmerge_restores() {
             .iter()
             .map(|(_, l)| l.base().dense_weight().unwrap())
             .collect();
-        let before = peft.model.forward(&ids(), None).unwrap();
+        let before = peft.base_model().forward(&ids(), None).unwrap();
         let plain = tiny(5).forward(&ids(), None).unwrap();
         assert!(
             common::max_abs_diff(&before, &plain) > 1e-3,
@@ -86,14 +87,14 @@ fn merged_equals_unmerged_and_unmerge_restores() {
             assert!(l.verify_merge().unwrap() < 1e-6, "{name}: verify_merge");
         }
         peft.merge(true).unwrap();
-        let merged = peft.model.forward(&ids(), None).unwrap();
+        let merged = peft.base_model().forward(&ids(), None).unwrap();
         assert!(
             common::max_rel_diff(&merged, &before) < 1e-5,
             "{name}: merged vs unmerged"
         );
         // Idempotent: a second merge changes nothing.
         peft.merge(true).unwrap();
-        let again = peft.model.forward(&ids(), None).unwrap();
+        let again = peft.base_model().forward(&ids(), None).unwrap();
         assert_eq!(
             common::max_abs_diff(&again, &merged),
             0.0,
@@ -104,7 +105,7 @@ fn merged_equals_unmerged_and_unmerge_restores() {
             let d = common::max_abs_diff(&l.base().dense_weight().unwrap(), w);
             assert!(d < 1e-6, "{name}: unmerge restores the weight ({d})");
         }
-        let unmerged = peft.model.forward(&ids(), None).unwrap();
+        let unmerged = peft.base_model().forward(&ids(), None).unwrap();
         assert!(
             common::max_rel_diff(&unmerged, &before) < 1e-5,
             "{name}: after unmerge"
@@ -142,7 +143,7 @@ fn only_the_adapters_get_gradients() {
     for (_, cfg) in [cases().remove(1), cases().remove(4)] {
         let cfg = &cfg;
         let peft = get_peft_model_seeded(tiny(4), cfg, 9).unwrap();
-        let logits = peft.model.forward(&ids(), None).unwrap();
+        let logits = peft.base_model().forward(&ids(), None).unwrap();
         let loss = logits.sqr().unwrap().mean_all().unwrap();
         let grads = loss.backward().unwrap();
         let vars = peft.trainable_vars();
@@ -163,13 +164,13 @@ fn only_the_adapters_get_gradients() {
             );
         }
         for (path, l) in peft.lora_layers() {
-            let base = l.base().downcast_ref::<tunelab::Dense>().unwrap();
+            let base = l.base().get::<tunelab::Dense>().unwrap();
             assert!(
                 grads.get(base.weight()).is_none(),
                 "{path}: base weight got a gradient"
             );
         }
-        assert!(grads.get(&peft.model.embed_tokens).is_none());
+        assert!(grads.get(&peft.base_model().embed_tokens).is_none());
     }
 }
 
@@ -195,8 +196,8 @@ fn qlora_forward_equals_lora_on_the_dequantized_base() {
         .unwrap()
         .kind()
         .starts_with("lora(nf4"));
-    let yq = pq.model.forward(&ids(), None).unwrap();
-    let yd = pd.model.forward(&ids(), None).unwrap();
+    let yq = pq.base_model().forward(&ids(), None).unwrap();
+    let yd = pd.base_model().forward(&ids(), None).unwrap();
     assert!(common::max_rel_diff(&yq, &yd) < 1e-5);
 }
 
@@ -205,10 +206,10 @@ fn adapters_by_name_and_disabled() {
     let cfg = cases().remove(0).1;
     let mut peft = get_peft_model_seeded(tiny(8), &cfg, 1).unwrap();
     let base = tiny(8).forward(&ids(), None).unwrap();
-    let first = peft.model.forward(&ids(), None).unwrap();
+    let first = peft.base_model().forward(&ids(), None).unwrap();
     peft.add_adapter_seeded("second", &cfg, 2).unwrap();
     assert_eq!(peft.active_adapter(), "second");
-    let second = peft.model.forward(&ids(), None).unwrap();
+    let second = peft.base_model().forward(&ids(), None).unwrap();
     assert!(common::max_abs_diff(&first, &second) > 1e-4);
     let off = peft
         .with_adapters_disabled(|m| m.forward(&ids(), None).unwrap())
@@ -216,7 +217,7 @@ fn adapters_by_name_and_disabled() {
     assert_eq!(common::max_abs_diff(&off, &base), 0.0);
     peft.set_adapter("default").unwrap();
     assert_eq!(
-        common::max_abs_diff(&peft.model.forward(&ids(), None).unwrap(), &first),
+        common::max_abs_diff(&peft.base_model().forward(&ids(), None).unwrap(), &first),
         0.0
     );
     peft.delete_adapter("second").unwrap();
@@ -266,7 +267,7 @@ fn trainable_parameters_of_smollm2() {
     let t = peft.trainable_parameters();
     assert_eq!(t.trainable, 4_884_480);
     assert_eq!(t.all, 134_515_008 + 4_884_480);
-    println!("{}", peft.print_trainable_parameters());
+    peft.print_trainable_parameters();
 }
 
 #[test]

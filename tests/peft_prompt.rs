@@ -8,6 +8,7 @@
 
 mod common;
 
+use tunelab::peft::PeftMethod;
 use candle_core::{DType, Device, Tensor, Var};
 use tunelab::model::llama::{ForwardOptions, KvCache};
 use tunelab::peft::{
@@ -92,7 +93,7 @@ fn sample_vocab_rows_are_embedding_rows_and_random_is_standard_normal() {
     let cfg = PromptTuningConfig::new(6, PromptTuningInit::SampleVocab);
     let pt = get_prompt_tuning_model(tiny(2), &cfg, None, 5).unwrap();
     let p: Vec<Vec<f32>> = pt.prompt_embeddings().as_tensor().to_vec2().unwrap();
-    let e: Vec<Vec<f32>> = pt.model.embed_tokens.to_vec2().unwrap();
+    let e: Vec<Vec<f32>> = pt.base_model().embed_tokens.to_vec2().unwrap();
     for row in &p {
         assert!(
             e.contains(row),
@@ -130,7 +131,7 @@ fn prompt_tuning_generation_through_the_cache_matches_the_forward() {
     assert!(max_rel_diff(&last, &want) < 1e-5);
     let next = [33u32];
     let step = pt
-        .model
+        .base_model()
         .forward_last(&ids(&next), Some(&mut cache))
         .unwrap();
     let longer: Vec<u32> = INPUT.iter().chain(next.iter()).copied().collect();
@@ -167,7 +168,7 @@ fn prefix_from_the_base_kv_cache_is_the_prefix_text() {
     let want = base.forward(&ids(&INPUT), Some(&mut cache)).unwrap();
     let mut c = pm.new_cache(1).unwrap();
     assert_eq!(c.seq_len(), PREFIX.len());
-    let got = pm.model.forward(&ids(&INPUT), Some(&mut c)).unwrap();
+    let got = pm.base_model().forward(&ids(&INPUT), Some(&mut c)).unwrap();
     assert_eq!(max_abs_diff(&got, &want), 0.0);
     // Explicit positions 0..T are shifted by n, as peft does: the same result.
     let pos = Tensor::arange(0u32, INPUT.len() as u32, &Device::Cpu)
@@ -256,8 +257,8 @@ impl Method {
     }
     fn model(&self) -> &Llama {
         match self {
-            Method::Prompt(m) => &m.model,
-            Method::Prefix(m) => &m.model,
+            Method::Prompt(m) => &m.base_model(),
+            Method::Prefix(m) => &m.base_model(),
         }
     }
 }
@@ -410,7 +411,8 @@ fn trainable_counts() {
         assert_eq!(cfg.num_trainable_parameters(&c), want);
     }
     assert!(pt
-        .print_trainable_parameters()
+        .trainable_parameters()
+        .to_string()
         .starts_with("trainable params: 320 || all params: "));
 }
 
@@ -591,15 +593,15 @@ fn bad_configs_are_named() {
     let (_, _, pm) = prefix_from_cache(1);
     let pkv = pm.past_key_values().unwrap();
     let mut cache = pm.new_cache(1).unwrap();
-    let x = pm.model.embed(&ids(&INPUT)).unwrap();
+    let x = pm.base_model().embed(&ids(&INPUT)).unwrap();
     let e = pm
-        .model
+        .base_model()
         .forward_hidden_embeds(&x, &none(), Some(&pkv), Some(&mut cache))
         .unwrap_err()
         .to_string();
     assert!(e.contains("KvCache::from_prefix"), "{e}");
     let e = pm
-        .model
+        .base_model()
         .forward_hidden_embeds(&x, &none(), Some(&pkv[..1]), None)
         .unwrap_err()
         .to_string();
@@ -627,7 +629,7 @@ fn smollm2_text_init_and_prefix_from_a_text() {
     let want_ids: Vec<u32> = text_ids.iter().cycle().take(n).copied().collect();
     let cfg = PromptTuningConfig::new(n, PromptTuningInit::Text(text.into()));
     let pt = get_prompt_tuning_model(lm.model, &cfg, Some(&tok), 0).unwrap();
-    let want = embeddings_of(&pt.model, &want_ids);
+    let want = embeddings_of(&pt.base_model(), &want_ids);
     assert_eq!(max_abs_diff(pt.prompt_embeddings().as_tensor(), &want), 0.0);
     assert_eq!(pt.trainable_parameters().trainable, n * 576);
     assert_eq!(pt.trainable_parameters().all, 134_515_008 + n * 576);

@@ -4,6 +4,7 @@
 
 mod common;
 
+use tunelab::peft::PeftMethod;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
@@ -39,7 +40,7 @@ fn peft_adapters_load_and_give_peft_logits() {
             candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
         let ids = expected["input_ids"].to_dtype(DType::U32).unwrap();
         let peft = load_adapter(base(), &dir).unwrap();
-        let adapted = peft.model.forward(&ids, None).unwrap();
+        let adapted = peft.base_model().forward(&ids, None).unwrap();
         let d = common::max_abs_diff(&adapted, &expected["logits_adapted"]);
         println!("{case}: max |ours − peft| adapted {d:.2e}");
         assert!(d < 1e-4, "{case}: adapted logits differ from peft's by {d}");
@@ -111,7 +112,7 @@ fn trainable_parameter_lines_equal_peft() {
         let model = Llama::init_random(&cfg, DType::F32, &Device::Cpu, 0).unwrap();
         let peft = get_peft_model_seeded(model, &lora, 0).unwrap();
         let line = json["cases"][case]["line"].as_str().unwrap();
-        assert_eq!(peft.print_trainable_parameters(), line, "{case}");
+        assert_eq!(peft.trainable_parameters().to_string(), line, "{case}");
     }
     // peft counts a 4-bit weight as its logical size, so QLoRA's line is LoRA's.
     let line = json["cases_4bit"]["r8_q_v_nf4_storage_uint8"]["line"].as_str();
@@ -128,6 +129,6 @@ fn trainable_parameter_lines_equal_peft() {
             0,
         )
         .unwrap();
-        assert_eq!(peft.print_trainable_parameters(), line);
+        assert_eq!(peft.trainable_parameters().to_string(), line);
     }
 }

@@ -127,7 +127,7 @@ fn config_errors_and_frozen_weights() {
     assert!(e.contains("already quantized"), "{e}");
     // Slide 25: a quantized weight cannot be trained.
     let layer = m.linear_mut("model.layers.0.mlp.up_proj").unwrap();
-    let q = layer.downcast_mut::<QLinear>().unwrap();
+    let q = layer.get_mut::<QLinear>().unwrap();
     let e = q.set_trainable(true).unwrap_err().to_string();
     assert!(e.contains("cannot be trained") && e.contains("LoRA"), "{e}");
     assert!(q.set_trainable(false).is_ok());

@@ -5,6 +5,7 @@
 
 mod common;
 
+use tunelab::peft::PeftMethod;
 use std::cell::Cell;
 use std::path::Path;
 
@@ -343,19 +344,19 @@ struct NanAt {
 
 impl Trainable for NanAt {
     fn llama(&self) -> &Llama {
-        &self.inner.model
+        self.inner.base_model()
     }
     fn hidden_states(&self, ids: &Tensor, opts: &ForwardOptions) -> Result<Tensor> {
-        self.inner.hidden_states(ids, opts)
+        PeftMethod::hidden_states(&self.inner, ids, opts)
     }
     fn lm_head(&self) -> &Linear {
-        self.inner.lm_head()
+        PeftMethod::lm_head(&self.inner)
     }
     fn named_trainable_vars(&self) -> Vec<(String, Var)> {
-        self.inner.named_trainable_vars()
+        PeftMethod::named_trainable_vars(&self.inner)
     }
-    fn set_training(&mut self, on: bool) -> Result<()> {
-        Trainable::set_training(&mut self.inner, on)
+    fn set_training(&mut self, on: bool) {
+        PeftMethod::set_training(&mut self.inner, on)
     }
     fn aux_loss(&self) -> Result<Option<Tensor>> {
         self.calls.set(self.calls.get() + 1);
@@ -367,7 +368,7 @@ impl Trainable for NanAt {
         Ok(Some(Tensor::new(v, &candle_core::Device::Cpu)?))
     }
     fn save_trained(&self, dir: &Path) -> Result<()> {
-        self.inner.save_trained(dir)
+        self.inner.save_pretrained(dir)
     }
     fn describe(&self) -> String {
         "NaN test".into()

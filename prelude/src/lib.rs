@@ -28,5 +28,6 @@ pub use tunelab::model::generate::{FinishReason, Generation, GenerationConfig};
 pub use tunelab::model::summary::ModelSummary;
 pub use tunelab::viz::{budget_chart, histogram_svg, line_chart, Bar, Histogram, StackedBars, Svg};
 pub use tunelab::{
-    Config, Dense, Linear, LinearLayer, Llama, LoadOptions, Message, Pretrained, Tokenizer,
+    Config, Dense, Linear, LinearLayer, Llama, LoadOptions, Message, PeftMethod, Pretrained,
+    Tokenizer,
 };

@@ -45,7 +45,7 @@ impl Html for PeftModel {
             ]);
         }
         let kinds: std::collections::BTreeSet<String> =
-            layers.iter().map(|(_, l)| l.kind()).collect();
+            layers.iter().map(|(_, l)| l.kind().to_string()).collect();
         let caption = format!(
             "PeftModel: {} — layers {}",
             self.trainable_parameters(),
