@@ -192,7 +192,8 @@ fn qlora_forward_equals_lora_on_the_dequantized_base() {
     let pq = get_peft_model_seeded(q, &cfg, 11).unwrap();
     let pd = get_peft_model_seeded(d, &cfg, 11).unwrap();
     assert!(pq
-        .lora_layer("model.layers.0.mlp.up_proj")
+        .base_model()
+        .linear("model.layers.0.mlp.up_proj")
         .unwrap()
         .kind()
         .starts_with("lora(nf4"));

@@ -1,7 +1,7 @@
 //! Displays of the LoRA chapter: peft's trainable-parameter line and a summary of a
 //! `PeftModel`'s adapters.
 
-use tunelab::peft::{PeftModel, TrainableParameters};
+use tunelab::peft::{PeftMethod, PeftModel, TrainableParameters};
 use tunelab::LinearLayer;
 
 use crate::display::Html;
@@ -45,7 +45,11 @@ impl Html for PeftModel {
             ]);
         }
         let kinds: std::collections::BTreeSet<String> =
-            layers.iter().map(|(_, l)| l.kind().to_string()).collect();
+            layers
+                .iter()
+                .filter_map(|(p, _)| self.base_model().linear(p).ok())
+                .map(|l| l.kind().into_owned())
+                .collect();
         let caption = format!(
             "PeftModel: {} — layers {}",
             self.trainable_parameters(),

@@ -67,6 +67,11 @@ impl History {
         self.steps.iter().map(|s| s.loss).collect()
     }
 
+    /// `(step, loss)` of every step: the points of a loss curve (for `line_chart`).
+    pub fn loss_curve(&self) -> Vec<(f64, f64)> {
+        self.steps.iter().map(|s| (s.step as f64, s.loss)).collect()
+    }
+
     /// Mean loss of the steps numbered `from..=to`.
     pub fn mean_loss(&self, from: usize, to: usize) -> Option<f64> {
         let v: Vec<f64> = self
@@ -81,7 +86,7 @@ impl History {
     /// The loss curve: training loss per step, its running mean over `logging`-step windows,
     /// and the eval loss, against the step.
     pub fn loss_plot(&self) -> Result<Svg> {
-        let train: Vec<(f64, f64)> = self.steps.iter().map(|s| (s.step as f64, s.loss)).collect();
+        let train = self.loss_curve();
         let window = (self.steps.len() / 20).clamp(1, 50);
         let smooth: Vec<(f64, f64)> = self
             .steps
