@@ -9,6 +9,7 @@
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod fs;
 pub mod memory;
 pub mod model;
 pub mod peft;
