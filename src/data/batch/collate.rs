@@ -92,7 +92,7 @@ impl Batcher {
     /// `pad_token_id` ([`pad_token_id`] gives the tokenizer's).
     ///
     /// Errors: an invalid config, no examples, an example that is empty, has labels of another
-    /// length, or is longer than `max_seq_length` (truncate with [`truncate_examples`] first).
+    /// length, or is longer than `max_length` (truncate with [`truncate_examples`] first).
     pub fn new(
         examples: Vec<TokenizedExample>,
         config: &BatchConfig,
@@ -102,7 +102,7 @@ impl Batcher {
         if examples.is_empty() {
             return Err(Error::Input("Batcher: no examples".into()));
         }
-        let max = config.max_seq_length;
+        let max = config.max_length;
         for (i, ex) in examples.iter().enumerate() {
             if ex.input_ids.len() != ex.labels.len() {
                 return Err(Error::Input(format!(
@@ -113,7 +113,7 @@ impl Batcher {
             }
             if ex.is_empty() || ex.len() > max {
                 return Err(Error::Input(format!(
-                    "example {i} has {} tokens; expected 1..={max} (max_seq_length; truncate \
+                    "example {i} has {} tokens; expected 1..={max} (max_length; truncate \
                      with truncate_examples)",
                     ex.len()
                 )));

@@ -51,9 +51,10 @@ pub enum LossOn {
 /// whatever `loss_on` says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchConfig {
-    /// Longest row in tokens (trl's `max_length`, formerly `max_seq_length`; default 1024):
+    /// Longest row in tokens (trl's `SFTConfig.max_length`, called `max_seq_length` in older
+    /// trl; default 1024, as trl's):
     /// longer examples are truncated, packed rows are filled up to it.
-    pub max_seq_length: usize,
+    pub max_length: usize,
     /// Which tokens carry labels (default [`LossOn::AssistantOnly`]).
     pub loss_on: LossOn,
     /// Pack several examples into each row (default `false`).
@@ -74,7 +75,7 @@ pub struct BatchConfig {
 impl Default for BatchConfig {
     fn default() -> Self {
         Self {
-            max_seq_length: 1024,
+            max_length: 1024,
             loss_on: LossOn::AssistantOnly,
             packing: false,
             pad_to_multiple_of: None,
@@ -87,10 +88,18 @@ impl Default for BatchConfig {
 }
 
 impl BatchConfig {
-    /// Sets `max_seq_length`.
-    pub fn with_max_seq_length(mut self, n: usize) -> Self {
-        self.max_seq_length = n;
+    /// Sets `max_length`.
+    pub fn with_max_length(mut self, n: usize) -> Self {
+        self.max_length = n;
         self
+    }
+
+    /// The old name of [`BatchConfig::with_max_length`] (older trl's `max_seq_length`).
+    #[deprecated(
+        note = "use `with_max_length`: trl's `SFTConfig` and `TrainingArgs` say `max_length`"
+    )]
+    pub fn with_max_seq_length(self, n: usize) -> Self {
+        self.with_max_length(n)
     }
 
     /// Sets `loss_on`.
@@ -135,7 +144,7 @@ impl BatchConfig {
         self
     }
 
-    /// Checks the sizes: `max_seq_length`, `per_device_train_batch_size` and
+    /// Checks the sizes: `max_length`, `per_device_train_batch_size` and
     /// `pad_to_multiple_of` must be positive.
     pub fn validate(&self) -> Result<()> {
         let positive = |field: &str, v: usize| {
@@ -148,7 +157,7 @@ impl BatchConfig {
                 Ok(())
             }
         };
-        positive("max_seq_length", self.max_seq_length)?;
+        positive("max_length", self.max_length)?;
         positive(
             "per_device_train_batch_size",
             self.per_device_train_batch_size,

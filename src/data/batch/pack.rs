@@ -1,5 +1,5 @@
 //! Packing (trl's `packing=True` with its default `packing_strategy="bfd"`): several examples
-//! in one row of at most `max_seq_length` tokens, placed best-fit decreasing ([`pack_bfd`]).
+//! in one row of at most `max_length` tokens, placed best-fit decreasing ([`pack_bfd`]).
 //!
 //! Inside a row the position ids restart at 0 for every document and the segment ids number
 //! the documents, so that [`Llama::forward_with`](crate::model::llama::Llama::forward_with)

@@ -5,9 +5,9 @@
 //! so the label at a sequence's first position is never used. [`LossOn`] picks the tokens
 //! that carry labels ([`TokenizedExample::from_chat`]).
 //!
-//! **Truncation** keeps the first `max_seq_length` tokens (trl's `truncation_mode="keep_start"`)
+//! **Truncation** keeps the first `max_length` tokens (trl's `truncation_mode="keep_start"`)
 //! and is counted in the [`TokenizeReport`]; an example left without a label token is dropped
-//! and counted. If *every* example is longer than `max_seq_length` that is an error rather than a
+//! and counted. If *every* example is longer than `max_length` that is an error rather than a
 //! dataset of stumps: the setting is almost certainly wrong.
 
 use std::fmt;
@@ -92,7 +92,7 @@ pub(super) fn count_labels(labels: &[i64]) -> usize {
 pub struct TokenizeReport {
     /// Examples kept.
     pub examples: usize,
-    /// Examples cut to `max_seq_length` (kept or dropped).
+    /// Examples cut to `max_length` (kept or dropped).
     pub truncated: usize,
     /// Examples dropped because no label token was left (cut off, or none to begin with).
     pub dropped_no_labels: usize,
@@ -104,7 +104,7 @@ pub struct TokenizeReport {
     /// [`TokenizedExample::num_label_tokens`]).
     pub label_tokens: usize,
     /// The limit applied.
-    pub max_seq_length: usize,
+    pub max_length: usize,
 }
 
 impl fmt::Display for TokenizeReport {
@@ -117,13 +117,13 @@ impl fmt::Display for TokenizeReport {
         write!(
             f,
             "{} examples, {} tokens, {} with labels ({share:.1}%); longest {} tokens, {} \
-             truncated to max_seq_length = {}, {} dropped with no label token left",
+             truncated to max_length = {}, {} dropped with no label token left",
             self.examples,
             self.total_tokens,
             self.label_tokens,
             self.longest,
             self.truncated,
-            self.max_seq_length,
+            self.max_length,
             self.dropped_no_labels
         )
     }
@@ -163,7 +163,7 @@ pub fn tokenize_conversations(
         examples
             .push(TokenizedExample::from_chat(&chat, config.loss_on).map_err(|e| at_record(i, e))?);
     }
-    truncate_examples(examples, config.max_seq_length)
+    truncate_examples(examples, config.max_length)
 }
 
 /// Tokenizes plain texts (`tokenizer.encode(text, true)`: BOS if the model adds one), appends
@@ -204,7 +204,7 @@ pub fn tokenize_texts<S: AsRef<str>>(
         }
         examples.push(TokenizedExample::full(ids));
     }
-    truncate_examples(examples, config.max_seq_length)
+    truncate_examples(examples, config.max_length)
 }
 
 /// Puts "example {i}: " in front of an input or template error's message.
@@ -217,16 +217,16 @@ fn at_record(i: usize, e: Error) -> Error {
     }
 }
 
-/// Keeps the first `max_seq_length` tokens of every example and drops those left without a
+/// Keeps the first `max_length` tokens of every example and drops those left without a
 /// label token, counting both in the report.
 ///
-/// Errors: no examples; `max_seq_length` 0; every example longer than `max_seq_length` (an
+/// Errors: no examples; `max_length` 0; every example longer than `max_length` (an
 /// [`Error::Config`] naming the shortest example's length); no example with a label token left.
-pub fn truncate_examples(examples: Vec<TokenizedExample>, max_seq_length: usize) -> Result<Tokenized> {
-    if max_seq_length == 0 {
+pub fn truncate_examples(examples: Vec<TokenizedExample>, max_length: usize) -> Result<Tokenized> {
+    if max_length == 0 {
         return Err(Error::config(
-            "max_seq_length",
-            "`max_seq_length` should be a positive integer but is 0",
+            "max_length",
+            "`max_length` should be a positive integer but is 0",
         ));
     }
     if examples.is_empty() {
@@ -242,12 +242,12 @@ pub fn truncate_examples(examples: Vec<TokenizedExample>, max_seq_length: usize)
         }
     }
     let shortest = examples.iter().map(|e| e.len()).min().unwrap_or(0);
-    if shortest > max_seq_length {
+    if shortest > max_length {
         return Err(Error::config(
-            "max_seq_length",
+            "max_length",
             format!(
-                "all {} examples are longer than max_seq_length = {max_seq_length} (the \
-                 shortest has {shortest} tokens); raise max_seq_length",
+                "all {} examples are longer than max_length = {max_length} (the \
+                 shortest has {shortest} tokens); raise max_length",
                 examples.len()
             ),
         ));
@@ -260,13 +260,13 @@ pub fn truncate_examples(examples: Vec<TokenizedExample>, max_seq_length: usize)
         longest: examples.iter().map(|e| e.len()).max().unwrap_or(0),
         total_tokens: 0,
         label_tokens: 0,
-        max_seq_length,
+        max_length,
     };
     let mut kept = Vec::with_capacity(n);
     for mut ex in examples {
-        if ex.len() > max_seq_length {
-            ex.input_ids.truncate(max_seq_length);
-            ex.labels.truncate(max_seq_length);
+        if ex.len() > max_length {
+            ex.input_ids.truncate(max_length);
+            ex.labels.truncate(max_length);
             report.truncated += 1;
         }
         let labels = ex.num_label_tokens();
@@ -281,8 +281,8 @@ pub fn truncate_examples(examples: Vec<TokenizedExample>, max_seq_length: usize)
     report.examples = kept.len();
     if kept.is_empty() {
         return Err(Error::Input(format!(
-            "no example has a label token left after truncation to max_seq_length = \
-             {max_seq_length} ({n} examples, {} truncated)",
+            "no example has a label token left after truncation to max_length = \
+             {max_length} ({n} examples, {} truncated)",
             report.truncated
         )));
     }
