@@ -92,7 +92,8 @@ impl Batcher {
     /// `pad_token_id` ([`pad_token_id`] gives the tokenizer's).
     ///
     /// Errors: an invalid config, no examples, an example that is empty, has labels of another
-    /// length, or is longer than `max_length` (truncate with [`truncate_examples`] first).
+    /// length, or is longer than `max_length` (truncate with
+    /// [`truncate_examples`](super::truncate_examples) first).
     pub fn new(
         examples: Vec<TokenizedExample>,
         config: &BatchConfig,
