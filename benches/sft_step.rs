@@ -222,7 +222,7 @@ fn main() -> tunelab::Result<()> {
         .map(|r| TokenizedExample::full(lcg_row(r, seq, vocab)))
         .collect();
     let bcfg = BatchConfig::default()
-        .with_max_seq_length(seq)
+        .with_max_length(seq)
         .with_batch_size(batch)
         .with_shuffle(false);
     let batcher = Batcher::new(examples, &bcfg, pad)?;

@@ -10,6 +10,7 @@ pub mod data;
 pub mod device;
 mod downcast;
 pub mod error;
+pub mod fs;
 pub mod memory;
 pub mod model;
 pub mod peft;

@@ -1,7 +1,7 @@
 //! The `tunelab` command line: thin, over the library.
 //!
 //! ```text
-//! tunelab generate --model M --prompt P      # continue a prompt
+//! tunelab generate --model M --prompt P      # continue a prompt (--chat: as a user message)
 //! tunelab chat [--model M]                   # interactive chat, streaming; /reset, /exit
 //! tunelab info [M]                           # config, parameters by module kind, dtype, bytes
 //! tunelab sft --data D.jsonl --out DIR        # (QLoRA) LoRA SFT -> adapter -> merged model
@@ -18,7 +18,7 @@ use candle_core::DType;
 use clap::{Args, Parser, Subcommand};
 use tunelab::data::compose::{compose, ComposeOptions, DatasetSource};
 use tunelab::data::records::load_records;
-use tunelab::model::generate::{chat, FinishReason};
+use tunelab::model::generate::{chat, FinishReason, Generation};
 use tunelab::model::load::save_pretrained;
 use tunelab::model::summary::ModelSummary;
 use tunelab::peft::{get_peft_model_seeded, save_adapter, LoraConfig, TargetModules, ALL_LINEAR};
@@ -106,7 +106,8 @@ enum Command {
         /// The prompt (special-token markup such as <|im_start|> is recognised).
         #[arg(long, short)]
         prompt: String,
-        /// Render the prompt as one user message through the chat template.
+        /// Send the prompt as one user message through the model's chat template (what an
+        /// instruct model expects; without it the prompt is continued as raw text).
         #[arg(long)]
         chat: bool,
     },
@@ -368,6 +369,13 @@ fn finish_note(reason: &FinishReason) -> Option<String> {
     }
 }
 
+/// Whether generation ended with EOS before saying anything: no text, or one token besides
+/// the EOS. On a chat model fed raw text this is the usual outcome, and it prints nothing.
+fn ended_at_once(g: &Generation) -> bool {
+    matches!(g.finish_reason, FinishReason::Eos)
+        && (g.text.trim().is_empty() || g.token_ids.len() <= 2)
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -392,6 +400,16 @@ fn main() -> Result<()> {
             println!();
             if let Some(n) = finish_note(&g.finish_reason) {
                 eprintln!("{n}");
+            }
+            if !chat && lm.tokenizer.chat_template().is_some() && ended_at_once(&g) {
+                let n = g.token_ids.len();
+                eprintln!(
+                    "tunelab: the model stopped at once (end-of-sequence after {n} new token{}). \
+                     It is a chat model (it has a chat template) and answers messages, not raw \
+                     text: add --chat to send the prompt as a user message through its \
+                     template, or use `tunelab chat`.",
+                    if n == 1 { "" } else { "s" }
+                );
             }
             eprintln!(
                 "tunelab: {} prompt tokens, {} new tokens, {:.1} tokens/s",

@@ -66,3 +66,36 @@ fn sft_trains_saves_merges_and_answers() {
     assert_eq!(merged.model.config().num_hidden_layers, 30);
     assert!(stdout.contains("== merged model"), "{stdout}");
 }
+
+/// `tunelab generate` on an instruct model with a raw question: SmolLM2-Instruct ends at once
+/// (its first token is `<|im_end|>`), so stdout is empty and stderr says to use `--chat`; with
+/// `--chat` the same prompt gets an answer and no hint.
+#[test]
+fn generate_hints_at_chat_when_an_instruct_model_ends_at_once() {
+    let Some(gguf) = common::cached_gguf() else {
+        return;
+    };
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tunelab"))
+            .args(["generate", "--device", "cpu", "--model"])
+            .arg(&gguf)
+            .args(["--prompt", "What is the capital of France?"])
+            .args(["--max-new-tokens", "8"])
+            .args(extra)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+        (stdout, stderr)
+    };
+    let (stdout, stderr) = run(&[]);
+    assert_eq!(stdout.trim(), "", "{stdout}");
+    assert!(
+        stderr.contains("stopped at once") && stderr.contains("--chat"),
+        "{stderr}"
+    );
+    let (stdout, stderr) = run(&["--chat"]);
+    assert!(!stdout.trim().is_empty(), "{stderr}");
+    assert!(!stderr.contains("stopped at once"), "{stderr}");
+}

@@ -196,7 +196,7 @@ fn truncation_is_reported() {
         vec![Message::user(&long_prompt), Message::assistant("ok")], // 48 + 15 = 63: labels cut
         vec![Message::user("q"), Message::assistant("a".repeat(30))], // 9 + 43 = 52: truncated
     ];
-    let cfg = BatchConfig::default().with_max_seq_length(40);
+    let cfg = BatchConfig::default().with_max_length(40);
     let out = tokenize_conversations(&tk, &t, &convs, &cfg).unwrap();
     let r = out.report;
     assert_eq!(
@@ -211,7 +211,7 @@ fn truncation_is_reported() {
     assert!(
         shown.contains("2 examples")
             && shown.contains("2 truncated")
-            && shown.contains("max_seq_length = 40")
+            && shown.contains("max_length = 40")
             && shown.contains("1 dropped"),
         "{shown}"
     );
@@ -227,7 +227,7 @@ fn every_example_too_long_is_an_error() {
     let msg = err.to_string();
     assert!(matches!(err, Error::Config { .. }), "{msg}");
     assert!(
-        msg.contains("max_seq_length") && msg.contains("16") && msg.contains("25 tokens"),
+        msg.contains("max_length") && msg.contains("16") && msg.contains("25 tokens"),
         "{msg}"
     );
 }
@@ -287,7 +287,7 @@ fn empty_dataset_and_missing_assistant_turn_are_errors() {
     assert!(msg.contains("per_device_train_batch_size"), "{msg}");
     let msg = Batcher::new(
         vec![TokenizedExample::full(vec![1; 9])],
-        &cfg.with_max_seq_length(8),
+        &cfg.with_max_length(8),
         0,
     )
     .unwrap_err()
@@ -351,7 +351,7 @@ fn packed_logits_equal_each_document_alone() {
         .collect();
     let unpacked_labels: usize = examples.iter().map(|e| e.num_label_tokens()).sum();
     let cfg = BatchConfig::default()
-        .with_max_seq_length(16)
+        .with_max_length(16)
         .with_packing(true)
         .with_shuffle(false)
         .with_batch_size(8);

@@ -48,7 +48,7 @@ fn examples(n: usize) -> Vec<TokenizedExample> {
 
 fn batcher(ex: Vec<TokenizedExample>, batch: usize, shuffle: bool) -> Batcher {
     let cfg = BatchConfig::default()
-        .with_max_seq_length(64)
+        .with_max_length(64)
         .with_loss_on(LossOn::Completion)
         .with_batch_size(batch)
         .with_shuffle(shuffle)

@@ -2,7 +2,6 @@
 //! `PeftModel`'s adapters.
 
 use tunelab::peft::{PeftMethod, PeftModel, TrainableParameters};
-use tunelab::LinearLayer;
 
 use crate::display::Html;
 use crate::html::{escape, group, table};

@@ -141,7 +141,7 @@ fn report_rows(name: &str, r: &TokenizeReport) -> Vec<String> {
         format!("{share:.1}%"),
         r.longest.to_string(),
         r.truncated.to_string(),
-        r.max_seq_length.to_string(),
+        r.max_length.to_string(),
         r.dropped_no_labels.to_string(),
     ]
 }
@@ -305,7 +305,7 @@ mod tests {
             longest: 300,
             total_tokens: 400,
             label_tokens: 100,
-            max_seq_length: 256,
+            max_length: 256,
         };
         assert!(r.to_html().contains("25.0%"));
     }

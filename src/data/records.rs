@@ -21,7 +21,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -574,22 +573,5 @@ pub fn save_jsonl(path: impl AsRef<Path>, records: &[Conversation]) -> Result<()
         out.push_str(&r.to_json_line());
         out.push('\n');
     }
-    write_atomic(path.as_ref(), out.as_bytes())
-}
-
-/// Writes `bytes` to a temporary file next to `path` and renames it over `path`.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tmp = path.with_file_name(format!(".{name}.{}-{n}.tmp", std::process::id()));
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            Error::io(path, e)
-        })
+    crate::fs::write_bytes_atomic(path.as_ref(), out)
 }

@@ -350,22 +350,9 @@ pub fn state_dict(model: &Llama) -> Result<BTreeMap<String, Tensor>> {
     Ok(out)
 }
 
-/// Writes `bytes` to `path` through a temp file in the same directory and a rename, so that a
-/// crash never leaves a half-written file under the final name.
-pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
-    match write(&tmp) {
-        Ok(()) => std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)),
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
-}
+/// The library's one atomic write (temporary file in the same directory, then a rename),
+/// re-exported here where the savers have always found it.
+pub use crate::fs::write_atomic;
 
 /// Saves tensors as a safetensors file with `{"format": "pt"}` metadata (what transformers
 /// expects), atomically.
@@ -414,9 +401,7 @@ pub fn save_pretrained(
     let cfg = model.config().to_hf_json(torch_dtype(model.dtype()));
     let text = serde_json::to_string_pretty(&cfg).map_err(|e| Error::Input(e.to_string()))?;
     let cfg_path = dir.join("config.json");
-    write_atomic(&cfg_path, |tmp| {
-        std::fs::write(tmp, text).map_err(|e| Error::io(tmp, e))
-    })?;
+    crate::fs::write_bytes_atomic(&cfg_path, text)?;
     if let Some(t) = tokenizer {
         t.save(dir)?;
     }

@@ -2,10 +2,10 @@
 //! notebooks and the CLI.
 //!
 //! ```no_run
-//! use tunelab::model::pretrained::{LoadOptions, Pretrained};
+//! use tunelab::model::pretrained::Pretrained;
 //! use tunelab::model::chat_template::Message;
 //! use tunelab::model::generate::GenerationConfig;
-//! let lm = Pretrained::load(None, &LoadOptions::default())?; // SmolLM2-135M-Instruct
+//! let lm = Pretrained::from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct")?;
 //! let answer = lm.chat(&[Message::user("What is the capital of France?")], &GenerationConfig::greedy(32))?;
 //! println!("{}", answer.text);
 //! # Ok::<(), tunelab::Error>(())
@@ -67,8 +67,37 @@ pub struct Pretrained {
 }
 
 impl Pretrained {
-    /// Resolves `spec` (path, hub id, or `None` for the default model; see [`hub::resolve`])
-    /// and loads it.
+    /// Loads a model and its tokenizer as transformers' `AutoModelForCausalLM.from_pretrained`
+    /// and `AutoTokenizer.from_pretrained` do, in f32 on the CPU: `model` is a hub id
+    /// (`"HuggingFaceTB/SmolLM2-135M-Instruct"`: the hub cache first, then a download), a HF
+    /// model directory or a GGUF file. [`Pretrained::from_pretrained_with`] takes the dtype
+    /// and device.
+    ///
+    /// ```no_run
+    /// use tunelab::Pretrained;
+    /// let lm = Pretrained::from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct")?;
+    /// # Ok::<(), tunelab::Error>(())
+    /// ```
+    pub fn from_pretrained(model: impl AsRef<Path>) -> Result<Self> {
+        Self::from_pretrained_with(model, &LoadOptions::default())
+    }
+
+    /// [`Pretrained::from_pretrained`] with a dtype and device
+    /// (`LoadOptions::default().with_dtype(DType::BF16)`, transformers' `torch_dtype=` and
+    /// `device_map=`).
+    pub fn from_pretrained_with(model: impl AsRef<Path>, opts: &LoadOptions) -> Result<Self> {
+        let model = model.as_ref();
+        let spec = model.to_str().ok_or_else(|| {
+            Error::NotFound(format!(
+                "{}: the model path is not valid UTF-8",
+                model.display()
+            ))
+        })?;
+        Self::load(Some(spec), opts)
+    }
+
+    /// Resolves `spec` (path, hub id, or `None` for the default model: `TUNELAB_MODEL`, the
+    /// hub, the offline fallback; see [`hub::resolve`]) and loads it.
     pub fn load(spec: Option<&str>, opts: &LoadOptions) -> Result<Self> {
         let resolved = hub::resolve(spec)?;
         Self::load_resolved(resolved, opts)

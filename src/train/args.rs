@@ -1,6 +1,8 @@
-//! [`TrainingArgs`]: the knobs of a fine-tuning run, named and defaulted as trl's `SFTConfig`
-//! (which extends transformers' `TrainingArguments`), so a recipe from the seminar or the
-//! Hugging Face docs reads the same here.
+//! [`TrainingArgs`]: the knobs of a fine-tuning run, named as trl's `SFTConfig` (which extends
+//! transformers' `TrainingArguments`), so a recipe from the seminar or the Hugging Face docs
+//! reads the same here. The defaults are trl's too, except three, each said at its field:
+//! the loss on conversations (assistant turns here, every token in trl), `gradient_checkpointing`
+//! (trl: on) and `bf16` (trl: on). docs/05_sft_training.md has the table and the reasons.
 
 use std::path::PathBuf;
 
@@ -52,7 +54,9 @@ pub enum ProgressStyle {
 }
 
 /// The arguments of a run, with `SFTConfig`'s defaults where it sets them (learning rate 2e-5,
-/// logging every 10 steps, max length 1024) and `TrainingArguments`' otherwise.
+/// logging every 10 steps, `max_length` 1024) and `TrainingArguments`' otherwise, except the
+/// loss masking (`full_sequence_loss`), `gradient_checkpointing` and `bf16`, whose defaults
+/// differ from trl's as their docs say.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainingArgs {
@@ -100,17 +104,27 @@ pub struct TrainingArgs {
     pub save_total_limit: Option<usize>,
     /// Seed of data order, adapter dropout and adapter init (42).
     pub seed: u64,
-    /// Compute in bf16: the model must be loaded in bf16; trainable weights stay f32.
+    /// Compute in bf16: the model must be loaded in bf16; trainable weights stay f32 (false;
+    /// trl's `SFTConfig` defaults to true, but bf16 needs a bf16 model, and the CPU runs are f32).
     pub bf16: bool,
     /// Compute in f16: as `bf16`.
     pub fp16: bool,
-    /// Longest tokenized example; longer ones are truncated and counted (1024).
+    /// Longest tokenized example, in tokens; longer ones are truncated (keeping the start) and
+    /// counted (1024). trl's `max_length` (`max_seq_length` in older trl), and
+    /// [`BatchConfig::max_length`](crate::data::batch::BatchConfig::max_length).
     pub max_length: usize,
     /// Pack several examples into one sequence of `max_length` (false).
     pub packing: bool,
     /// Loss on every token instead of assistant turns / completions only (false).
+    ///
+    /// **Differs from trl.** With `false`, conversations (`messages`) train on the assistant
+    /// turns (trl's `assistant_only_loss=True`, which trl defaults to `False`, and which in trl
+    /// needs a chat template with `{% generation %}` markers), prompt/completion records on the
+    /// completion (trl's default `completion_only_loss=None` does the same), plain text on
+    /// every token (as trl). `true` is trl's default for conversations: every token.
     pub full_sequence_loss: bool,
-    /// Gradient checkpointing per decoder layer (false): keep only each layer's input in the
+    /// Gradient checkpointing per decoder layer (false; trl's `SFTConfig` defaults to true, but
+    /// on a CPU with a small model memory is not the limit): keep only each layer's input in the
     /// forward and run the layer again in backward — less activation memory for a third more
     /// compute (`Llama::forward_hidden_checkpointed`; docs/05_sft_training.md).
     pub gradient_checkpointing: bool,

@@ -40,7 +40,7 @@ pub fn batch_config(args: &TrainingArgs, eval: bool) -> BatchConfig {
         LossOn::AssistantOnly
     };
     let cfg = BatchConfig::default()
-        .with_max_seq_length(args.max_length)
+        .with_max_length(args.max_length)
         .with_loss_on(loss_on)
         .with_seed(args.seed);
     if eval {

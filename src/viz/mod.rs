@@ -43,9 +43,7 @@ impl Svg {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
-        crate::model::load::write_atomic(path, |tmp| {
-            std::fs::write(tmp, self.0.as_bytes()).map_err(|e| Error::io(tmp, e))
-        })
+        crate::fs::write_bytes_atomic(path, self.0.as_bytes())
     }
 }
 
