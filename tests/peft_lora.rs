@@ -6,7 +6,7 @@ use tunelab::peft::PeftMethod;
 use candle_core::{DType, Device, Tensor};
 use tunelab::peft::{get_peft_model_seeded, InitLoraWeights, LoraConfig, LoraLayer, TargetModules};
 use tunelab::quant::{quantize_model, QuantConfig};
-use tunelab::{Config, LinearLayer, Llama};
+use tunelab::{Config, Llama};
 
 fn ids() -> Tensor {
     Tensor::new(&[[1u32, 5, 9, 200, 17, 3, 44, 90]], &Device::Cpu).unwrap()

@@ -28,7 +28,7 @@ fn fit<M: PeftMethod>(model: M, lr: f64) -> (M, f64, f64) {
         learning_rate: lr,
         warmup_ratio: 0.0,
         save_strategy: IntervalStrategy::No,
-        progress: ProgressStyle::None,
+        progress: ProgressStyle::Silent,
         ..TrainingArgs::default()
     };
     let mut t = Trainer::new(model, args, data(), None).unwrap();
@@ -162,7 +162,7 @@ fn checkpointing_is_refused_by_name_where_the_method_cannot_have_it() {
         max_steps: Some(1),
         gradient_checkpointing: true,
         save_strategy: IntervalStrategy::No,
-        progress: ProgressStyle::None,
+        progress: ProgressStyle::Silent,
         ..TrainingArgs::default()
     };
     let mut t = Trainer::new(m, args, data(), None).unwrap();
