@@ -25,8 +25,8 @@
 //! is the median of the per-run ratios LoRA / plain.
 
 mod common;
-use tunelab::peft::PeftMethod;
 use common::median;
+use tunelab::peft::PeftMethod;
 
 use std::time::Instant;
 

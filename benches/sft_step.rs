@@ -27,8 +27,8 @@
 //! experiment on what a matmul's backward costs when the weight is frozen.
 
 mod common;
-use tunelab::peft::PeftMethod;
 use common::median;
+use tunelab::peft::PeftMethod;
 
 use std::time::Instant;
 
@@ -39,8 +39,8 @@ use tunelab::model::pretrained::{LoadOptions, Pretrained};
 use tunelab::peft::{get_peft_model_seeded, LoraConfig, PeftModel, TargetModules};
 use tunelab::train::loss::{cross_entropy_sum, shifted_targets};
 use tunelab::train::{
-    clip_grad_norm, AdamW, AdamWConfig, IntervalStrategy, ProgressStyle, SchedulerType,
-    Trainer, TrainingArgs,
+    clip_grad_norm, AdamW, AdamWConfig, IntervalStrategy, ProgressStyle, SchedulerType, Trainer,
+    TrainingArgs,
 };
 
 /// A `kB` field of `/proc/self/status` (`VmRSS`, `VmHWM`) in MB (1e6 bytes).

@@ -4,8 +4,8 @@
 //!
 //! `cargo run --example save_peft_adapter -- BASE_DIR OUT_DIR [lora|rslora|dora]`
 
-use tunelab::peft::PeftMethod;
 use std::collections::BTreeMap;
+use tunelab::peft::PeftMethod;
 
 use candle_core::{DType, Device, Tensor};
 use tunelab::model::load::{load_hf_dir, save_safetensors};

@@ -8,11 +8,11 @@
 //! ```
 //! Prints eval loss before/after and how many held-out answers show the persona.
 
-use tunelab::peft::PeftMethod;
 use candle_core::DType;
 use tunelab::data::records::load_records;
 use tunelab::device::best_device;
 use tunelab::model::generate::chat;
+use tunelab::peft::PeftMethod;
 use tunelab::peft::{get_peft_model_seeded, LoraConfig, TargetModules};
 use tunelab::quant::config::{quantize_model, QuantConfig};
 use tunelab::train::{IntervalStrategy, SchedulerType, Trainer, TrainingArgs};

@@ -26,7 +26,7 @@ pub use model::chat_template::Message;
 pub use model::config::Config;
 pub use model::generate::{Generation, GenerationConfig};
 pub use model::linear::{Dense, Linear, LinearLayer};
-pub use peft::PeftMethod;
 pub use model::llama::Llama;
 pub use model::pretrained::{LoadOptions, Pretrained};
 pub use model::tokenizer::Tokenizer;
+pub use peft::PeftMethod;

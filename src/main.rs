@@ -9,9 +9,9 @@
 //! Without `--model`, the default model (SmolLM2-135M-Instruct) is resolved as the library
 //! describes: `TUNELAB_MODEL`, the hub cache, the hub, then the offline PyPI fallback.
 
-use tunelab::peft::PeftMethod;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
+use tunelab::peft::PeftMethod;
 
 use anyhow::{Context, Result};
 use candle_core::DType;

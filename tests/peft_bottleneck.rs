@@ -5,9 +5,9 @@
 
 mod common;
 
-use tunelab::peft::PeftMethod;
 use candle_core::{Device, Tensor, Var};
 use tunelab::model::llama::{BlockAdapter, KvCache};
+use tunelab::peft::PeftMethod;
 use tunelab::peft::{get_bottleneck_model, BottleneckConfig, BottleneckModel, NonLinearity};
 use tunelab::Config;
 
@@ -162,7 +162,10 @@ fn adapters_change_the_output_and_the_cached_path_agrees() {
         assert!(moved > 1e-3, "{name}: the adapters do nothing ({moved})");
         // Prefill then one token at a time, through the fused kernels.
         let mut c = KvCache::new();
-        let first = bm.base_model().forward(&ids(&INPUT[..4]), Some(&mut c)).unwrap();
+        let first = bm
+            .base_model()
+            .forward(&ids(&INPUT[..4]), Some(&mut c))
+            .unwrap();
         let mut steps = vec![first];
         for &t in &INPUT[4..] {
             steps.push(bm.base_model().forward(&ids(&[t]), Some(&mut c)).unwrap());
@@ -229,7 +232,12 @@ fn gradients_reach_only_the_adapters() {
         "model.layers.0.self_attn.o_proj",
         "model.layers.1.mlp.down_proj",
     ] {
-        let w = bm.base_model().linear(path).unwrap().dense_weight().unwrap();
+        let w = bm
+            .base_model()
+            .linear(path)
+            .unwrap()
+            .dense_weight()
+            .unwrap();
         assert!(grads.get(&w).is_none(), "{path} has a gradient");
     }
     // Once W_up is non-zero every adapter tensor has a gradient.

@@ -5,9 +5,9 @@
 
 mod common;
 
-use tunelab::peft::PeftMethod;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use tunelab::peft::PeftMethod;
 
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
@@ -453,11 +453,7 @@ fn merge_and_requantize_matches_peft_and_bitsandbytes() {
         assert_eq!(&r.path, p);
         let layer = model.linear(p).unwrap();
         assert!(layer.is::<QLinear>(), "{p} stays quantized");
-        let w = layer
-            .quantized()
-            .unwrap()
-            .dequantize(DType::F32)
-            .unwrap();
+        let w = layer.quantized().unwrap().dequantize(DType::F32).unwrap();
         assert_eq!(
             max_abs_diff(&w, back),
             0.0,
@@ -550,10 +546,17 @@ fn eval_copies_are_exact_and_follow_the_mode() {
         v.set(&(v.as_tensor() * 0.5).unwrap()).unwrap();
     }
     let stale = peft.base_model().forward(&ids, None).unwrap();
-    assert_eq!(max_abs_diff(&stale, &fast), 0.0, "the copies stand until eval() again");
+    assert_eq!(
+        max_abs_diff(&stale, &fast),
+        0.0,
+        "the copies stand until eval() again"
+    );
     peft.eval();
     let fresh = peft.base_model().forward(&ids, None).unwrap();
-    assert!(max_abs_diff(&fresh, &slow) > 1e-3, "the update shows after eval()");
+    assert!(
+        max_abs_diff(&fresh, &slow) > 1e-3,
+        "the update shows after eval()"
+    );
     peft.train();
     assert_eq!(copies(&peft), 0);
     let after = peft.base_model().forward(&ids, None).unwrap();

@@ -2,9 +2,9 @@
 
 mod common;
 
-use tunelab::peft::PeftMethod;
 use candle_core::{Device, Tensor};
 use tunelab::peft::io::{read_adapter_config, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
+use tunelab::peft::PeftMethod;
 use tunelab::peft::{
     get_peft_model_seeded, load_adapter, save_adapter, InitLoraWeights, LoraConfig, TargetModules,
 };

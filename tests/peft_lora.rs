@@ -2,8 +2,8 @@
 
 mod common;
 
-use tunelab::peft::PeftMethod;
 use candle_core::{DType, Device, Tensor};
+use tunelab::peft::PeftMethod;
 use tunelab::peft::{get_peft_model_seeded, InitLoraWeights, LoraConfig, LoraLayer, TargetModules};
 use tunelab::quant::{quantize_model, QuantConfig};
 use tunelab::{Config, Llama};

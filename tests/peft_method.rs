@@ -8,9 +8,9 @@ use common::{max_abs_diff, tiny};
 use tunelab::data::batch::{BatchConfig, Batcher, TokenizedExample};
 use tunelab::model::llama::{ForwardOptions, KvCache};
 use tunelab::peft::{
-    get_bottleneck_model, get_peft_model_seeded, get_prefix_tuning_model,
-    get_prompt_tuning_model, BottleneckConfig, BottleneckModel, LoraConfig, PeftMethod,
-    PrefixTuningConfig, PromptTuningConfig, PromptTuningInit, TargetModules,
+    get_bottleneck_model, get_peft_model_seeded, get_prefix_tuning_model, get_prompt_tuning_model,
+    BottleneckConfig, BottleneckModel, LoraConfig, PeftMethod, PrefixTuningConfig,
+    PromptTuningConfig, PromptTuningInit, TargetModules,
 };
 use tunelab::train::{IntervalStrategy, ProgressStyle, Trainer, TrainingArgs};
 
@@ -87,8 +87,9 @@ fn every_method_trains_with_the_trainer_and_generates_as_it_predicts() {
         (
             "bottleneck",
             Box::new(|| {
-                let m = get_bottleneck_model(tiny(1), &BottleneckConfig::new(8, Default::default()), 0)
-                    .unwrap();
+                let m =
+                    get_bottleneck_model(tiny(1), &BottleneckConfig::new(8, Default::default()), 0)
+                        .unwrap();
                 let (m, a, b) = fit(m, 1e-2);
                 (a, b, Box::new(m) as Box<dyn PeftMethod>)
             }),
@@ -113,7 +114,10 @@ fn every_method_trains_with_the_trainer_and_generates_as_it_predicts() {
     for (name, run) in methods {
         let (first, last, m) = run();
         assert!(last < first, "{name}: loss {first} -> {last}");
-        assert!(!m.base_model().is_training(), "{name}: the trainer leaves evaluation mode");
+        assert!(
+            !m.base_model().is_training(),
+            "{name}: the trainer leaves evaluation mode"
+        );
         assert!(m.trainable_parameters().trainable > 0);
         check_generation_path(m.as_ref(), name);
     }
@@ -142,17 +146,28 @@ fn bottleneck_adapters_save_and_load_in_peft_layout() {
         &m.forward(&ids(&SENTENCE), &o).unwrap(),
     );
     assert_eq!(d, 0.0);
-    assert_eq!(back.named_trainable_vars().len(), m.named_trainable_vars().len());
+    assert_eq!(
+        back.named_trainable_vars().len(),
+        m.named_trainable_vars().len()
+    );
     // A prompt-tuning directory is not a bottleneck one: the error names the file and field.
-    let p = get_prompt_tuning_model(tiny(2), &PromptTuningConfig::new(2, PromptTuningInit::Random), None, 0)
-        .unwrap();
+    let p = get_prompt_tuning_model(
+        tiny(2),
+        &PromptTuningConfig::new(2, PromptTuningInit::Random),
+        None,
+        0,
+    )
+    .unwrap();
     let other = tempfile::tempdir().unwrap();
     p.save_pretrained(other.path()).unwrap();
     let e = BottleneckModel::from_pretrained(tiny(2), other.path())
         .err()
         .unwrap()
         .to_string();
-    assert!(e.contains("adapter_config.json") && e.contains("peft_type"), "{e}");
+    assert!(
+        e.contains("adapter_config.json") && e.contains("peft_type"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -167,5 +182,8 @@ fn checkpointing_is_refused_by_name_where_the_method_cannot_have_it() {
     };
     let mut t = Trainer::new(m, args, data(), None).unwrap();
     let e = t.train_steps(1).unwrap_err().to_string();
-    assert!(e.contains("gradient_checkpointing") && e.contains("PREFIX_TUNING"), "{e}");
+    assert!(
+        e.contains("gradient_checkpointing") && e.contains("PREFIX_TUNING"),
+        "{e}"
+    );
 }

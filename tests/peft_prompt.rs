@@ -8,9 +8,9 @@
 
 mod common;
 
-use tunelab::peft::PeftMethod;
 use candle_core::{DType, Device, Tensor, Var};
 use tunelab::model::llama::{ForwardOptions, KvCache};
+use tunelab::peft::PeftMethod;
 use tunelab::peft::{
     get_prefix_tuning_model, get_prompt_tuning_model, PrefixTuningConfig, PrefixTuningModel,
     PromptTuningConfig, PromptTuningInit, PromptTuningModel,

@@ -4,8 +4,8 @@
 
 mod common;
 
-use tunelab::peft::PeftMethod;
 use std::path::{Path, PathBuf};
+use tunelab::peft::PeftMethod;
 
 use candle_core::{DType, Device};
 use tunelab::model::load::load_hf_dir;

@@ -5,9 +5,9 @@
 
 mod common;
 
-use tunelab::peft::PeftMethod;
 use std::cell::Cell;
 use std::path::Path;
+use tunelab::peft::PeftMethod;
 
 use candle_core::{Tensor, Var};
 use common::tiny;

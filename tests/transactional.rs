@@ -155,7 +155,10 @@ fn quantize_model_that_fails_halfway_is_undone() {
         &QuantConfig::default(),
     )
     .unwrap_err();
-    assert!(e.to_string().contains("model.layers.0.mlp.down_proj"), "{e}");
+    assert!(
+        e.to_string().contains("model.layers.0.mlp.down_proj"),
+        "{e}"
+    );
     assert_eq!(kinds(&model), kinds_before);
     assert_eq!(logit_bits(&model), before);
 }
@@ -171,7 +174,10 @@ fn quantizing_under_the_adapters_keeps_them() {
     assert!(summary
         .quantized
         .contains(&"model.layers.0.self_attn.q_proj".to_string()));
-    let q = peft.base_model().linear("model.layers.0.self_attn.q_proj").unwrap();
+    let q = peft
+        .base_model()
+        .linear("model.layers.0.self_attn.q_proj")
+        .unwrap();
     assert_eq!(q.kind(), "lora(nf4)");
     // Reference: quantize the plain model the same way, then add the very same adapters.
     let mut plain = common::tiny(5);

@@ -43,12 +43,11 @@ impl Html for PeftModel {
                 group(params as u64),
             ]);
         }
-        let kinds: std::collections::BTreeSet<String> =
-            layers
-                .iter()
-                .filter_map(|(p, _)| self.base_model().linear(p).ok())
-                .map(|l| l.kind().into_owned())
-                .collect();
+        let kinds: std::collections::BTreeSet<String> = layers
+            .iter()
+            .filter_map(|(p, _)| self.base_model().linear(p).ok())
+            .map(|l| l.kind().into_owned())
+            .collect();
         let caption = format!(
             "PeftModel: {} — layers {}",
             self.trainable_parameters(),

@@ -435,7 +435,10 @@ mod tests {
         assert_eq!(lin.storage_bytes(), 32);
         assert_eq!(lin.kind(), "dense");
         assert!(lin.base().is_none() && !lin.is_quantized());
-        assert_eq!(lin.get::<Dense>().map(|d| d.weight().dims()), Some(&[2, 3][..]));
+        assert_eq!(
+            lin.get::<Dense>().map(|d| d.weight().dims()),
+            Some(&[2, 3][..])
+        );
         Ok(())
     }
 
@@ -446,7 +449,10 @@ mod tests {
         let b = Tensor::zeros(3, DType::F32, &dev)?;
         assert!(Dense::new(w.clone(), Some(b.clone())).is_err());
         let mut lin = Linear::new(Dense::new(w, None)?);
-        assert!(lin.set_bias(Some(b)).is_err(), "a [3] bias on a [2, 3] layer");
+        assert!(
+            lin.set_bias(Some(b)).is_err(),
+            "a [3] bias on a [2, 3] layer"
+        );
         lin.set_bias(Some(Tensor::new(&[1f32, 2.], &dev)?))?;
         let y = lin.forward(&Tensor::zeros((1, 3), DType::F32, &dev)?)?;
         assert_eq!(y.to_vec2::<f32>()?, vec![vec![1.0, 2.0]]);

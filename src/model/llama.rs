@@ -54,7 +54,6 @@ pub use checkpoint::CheckpointedForward;
 pub use kv_cache::KvCache;
 use random::RandomWeights;
 
-
 /// Optional inputs of a forward pass beyond the token ids.
 #[derive(Debug, Clone, Default)]
 pub struct ForwardOptions {
@@ -96,7 +95,6 @@ enum Input<'a> {
     Ids(&'a Tensor),
     Embeds(&'a Tensor),
 }
-
 
 /// The decoder: embeddings, blocks, final norm and `lm_head`.
 ///
@@ -597,5 +595,4 @@ impl Llama {
         }
         x1 + m
     }
-
 }

@@ -80,9 +80,19 @@ impl ModelSummary {
             let kind = path.rsplit('.').next().unwrap_or(&path).to_string();
             let l = lin.layer();
             if path == "lm_head" && tied {
-                add("lm_head (tied to embed_tokens)", 0, 0, Some(lin.kind().into_owned()));
+                add(
+                    "lm_head (tied to embed_tokens)",
+                    0,
+                    0,
+                    Some(lin.kind().into_owned()),
+                );
             } else {
-                add(&kind, l.num_parameters(), l.storage_bytes(), Some(lin.kind().into_owned()));
+                add(
+                    &kind,
+                    l.num_parameters(),
+                    l.storage_bytes(),
+                    Some(lin.kind().into_owned()),
+                );
             }
         }
         for b in &model.layers {

@@ -430,5 +430,4 @@ impl PeftModel {
             all: self.model.num_parameters() + self.modules_to_save_extra_params(),
         }
     }
-
 }

@@ -45,6 +45,9 @@
 //! Dequantization, `(Q − zero_point) · scale` in f32, is device-generic candle code (a cast or a
 //! nibble lookup table, broadcast sub/mul per tensor, row or group); on CPU a host loop does the
 //! same arithmetic 5–18× faster (576×1536 weight), bit for bit (tested against each other).
+//!
+//! Size: ~480 lines of code; the rest (~290) are the unit tests that pin every variant of the
+//! scheme (per tensor / channel / group, ragged groups, symmetric or not) to PyTorch's values.
 
 use candle_core::{DType, Device, Tensor};
 

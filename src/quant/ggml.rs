@@ -46,6 +46,8 @@
 //! assert an even number of blocks per row, as ggml's SIMD code does), so those three need
 //! `in_features` divisible by 64. `q8_1` and `q8_k` are ggml's activation types, never used to
 //! store weights, and are refused.
+//!
+//! Size: ~330 lines of code; the other half are unit tests, one per GGML block type.
 
 use std::borrow::Cow;
 use std::sync::Arc;

@@ -233,3 +233,28 @@ fn proj(linear: &Linear, x: &Tensor, layer: usize, name: &str) -> candle_core::R
         ))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::Config;
+    use crate::model::linear::Dense;
+
+    /// A projection whose forward fails (an f16 weight in an f32 model): the error says which.
+    #[test]
+    fn an_error_inside_a_projection_names_its_path() -> Result<()> {
+        let c = Config::preset("tiny")?;
+        let dev = candle_core::Device::Cpu;
+        let mut m = Llama::init_random(&c, DType::F32, &dev, 0)?;
+        let path = "model.layers.1.mlp.up_proj";
+        let w = m.linear(path)?.dense_weight()?.to_dtype(DType::F16)?;
+        m.replace_linear(path, Linear::new(Dense::new(w, None)?))?;
+        let ids = Tensor::new(&[[1u32, 2, 3]], &dev)?;
+        let e = m.forward(&ids, None).unwrap_err().to_string();
+        assert!(
+            e.contains("in `model.layers.1.mlp.up_proj` (a dense layer)"),
+            "{e}"
+        );
+        Ok(())
+    }
+}

@@ -65,3 +65,28 @@ impl KvCache {
         Ok((k, v))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn appends_along_the_positions() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let kv = |s: usize| Tensor::zeros((1, 2, s, 4), DType::F32, &dev);
+        let mut c = KvCache::new();
+        assert_eq!((c.seq_len(), c.num_layers()), (0, 0));
+        let (k, _) = c.append(1, &kv(3)?, &kv(3)?)?;
+        assert_eq!(k.dims(), [1, 2, 3, 4]);
+        assert_eq!(c.num_layers(), 2, "layer 0 is an empty slot");
+        assert!(c.layer(0).is_none() && c.layer(1).is_some());
+        let (k, v) = c.append(1, &kv(1)?, &kv(1)?)?;
+        assert_eq!((k.dims()[2], v.dims()[2]), (4, 4));
+        let p = KvCache::from_prefix(vec![(kv(5)?, kv(5)?)]);
+        assert_eq!(p.seq_len(), 5);
+        c.clear();
+        assert_eq!(c.num_layers(), 0);
+        Ok(())
+    }
+}

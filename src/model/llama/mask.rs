@@ -68,3 +68,51 @@ impl Llama {
         Ok(Some(keep.where_cond(&zeros, &neg)?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> Llama {
+        let c = Config::preset("tiny").unwrap();
+        Llama::init_random(&c, DType::F32, &candle_core::Device::Cpu, 0).unwrap()
+    }
+
+    fn allowed(m: &Tensor) -> Vec<Vec<bool>> {
+        let m = m.squeeze(0).unwrap().squeeze(0).unwrap();
+        m.to_vec2::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.into_iter().map(|v| v == 0.0).collect())
+            .collect()
+    }
+
+    #[test]
+    fn causal_with_an_offset_and_padding() -> Result<()> {
+        let m = tiny();
+        let o = ForwardOptions::default();
+        let mask = m
+            .attention_mask(1, 3, 0, 0, &o)?
+            .expect("a mask for 3 tokens");
+        let (y, n) = (true, false);
+        assert_eq!(
+            allowed(&mask),
+            vec![vec![y, n, n], vec![y, y, n], vec![y, y, y]]
+        );
+        // Two positions before (a cache or a prefix): every new token sees them.
+        let mask = m.attention_mask(1, 2, 2, 2, &o)?.expect("a mask");
+        assert_eq!(allowed(&mask), vec![vec![y, y, y, n], vec![y, y, y, y]]);
+        // One new token and no padding: no mask at all.
+        assert!(m.attention_mask(1, 1, 5, 5, &o)?.is_none());
+        // Padding: key 0 is masked for every query.
+        let pad = ForwardOptions {
+            attention_mask: Some(Tensor::new(&[[0u32, 1, 1]], &candle_core::Device::Cpu)?),
+            ..Default::default()
+        };
+        let mask = m.attention_mask(1, 3, 0, 0, &pad)?.expect("a mask");
+        let a = allowed(&mask);
+        assert!(a.iter().skip(1).all(|row| !row[0]), "{a:?}");
+        assert!(a[2][1] && a[2][2]);
+        Ok(())
+    }
+}

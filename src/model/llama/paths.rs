@@ -130,5 +130,32 @@ impl Llama {
             }
         }
     }
+}
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_hf_module_paths() -> Result<()> {
+        let c = Config::preset("tiny")?;
+        let mut m = Llama::init_random(&c, DType::F32, &Device::Cpu, 0)?;
+        let paths = m.linear_paths();
+        assert_eq!(paths.len(), 7 * c.num_hidden_layers + 1);
+        assert_eq!(paths[0], "model.layers.0.self_attn.q_proj");
+        assert_eq!(paths[6], "model.layers.0.mlp.down_proj");
+        assert_eq!(paths.last().map(String::as_str), Some("lm_head"));
+        for p in &paths {
+            assert!(m.linear(p).is_ok() && m.linear_mut(p).is_ok(), "{p}");
+        }
+        let e = m.linear("model.layers.9.self_attn.q_proj").unwrap_err();
+        assert!(e.to_string().contains("layers 0..2"), "{e}");
+        // A replacement must keep the widths; the error names the path and both shapes.
+        let w = Tensor::zeros((3, 3), DType::F32, &Device::Cpu)?;
+        let e = m
+            .replace_linear("lm_head", Linear::new(Dense::new(w, None)?))
+            .unwrap_err();
+        assert!(e.to_string().contains("lm_head"), "{e}");
+        Ok(())
+    }
 }

@@ -48,4 +48,3 @@ impl WeightSource for RandomWeights {
         true
     }
 }
-

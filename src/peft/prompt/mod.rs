@@ -51,8 +51,9 @@ mod prefix;
 mod tuning;
 
 pub use prefix::{get_prefix_tuning_model, PrefixTuningConfig, PrefixTuningModel};
-pub use tuning::{get_prompt_tuning_model, PromptTuningConfig, PromptTuningInit, PromptTuningModel};
-
+pub use tuning::{
+    get_prompt_tuning_model, PromptTuningConfig, PromptTuningInit, PromptTuningModel,
+};
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -72,7 +73,6 @@ use crate::model::load::{save_safetensors, write_atomic};
 use crate::model::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
-
 pub(super) const ADAPTER_CONFIG: &str = "adapter_config.json";
 pub(super) const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 /// The one tensor of a prompt-learning adapter file.
@@ -89,7 +89,12 @@ pub(super) fn check_virtual_tokens(n: usize) -> Result<()> {
 }
 
 /// N(0, 1) as `[rows, cols]`, f32 (Box–Muller).
-pub(super) fn normal(rows: usize, cols: usize, rng: &mut StdRng, device: &Device) -> Result<Tensor> {
+pub(super) fn normal(
+    rows: usize,
+    cols: usize,
+    rng: &mut StdRng,
+    device: &Device,
+) -> Result<Tensor> {
     let data: Vec<f32> = (0..rows * cols)
         .map(|_| {
             let (u1, u2): (f64, f64) = (rng.random_range(1e-12..1.0), rng.random());
@@ -100,7 +105,12 @@ pub(super) fn normal(rows: usize, cols: usize, rng: &mut StdRng, device: &Device
 }
 
 /// U(−1/√fan_in, 1/√fan_in) of `shape`: torch's `nn.Linear` default for weight and bias.
-pub(super) fn uniform(shape: &[usize], fan_in: usize, rng: &mut StdRng, device: &Device) -> Result<Tensor> {
+pub(super) fn uniform(
+    shape: &[usize],
+    fan_in: usize,
+    rng: &mut StdRng,
+    device: &Device,
+) -> Result<Tensor> {
     let bound = 1.0 / (fan_in as f64).sqrt();
     let n: usize = shape.iter().product();
     let data: Vec<f32> = (0..n)
@@ -125,7 +135,12 @@ pub(super) fn embedding_rows(model: &Llama, ids: &[u32]) -> Result<Tensor> {
 }
 
 /// `[1ⁿ ; mask]`: the virtual positions are always attended to.
-pub(super) fn extend_mask(mask: Option<&Tensor>, b: usize, t: usize, n: usize) -> Result<Option<Tensor>> {
+pub(super) fn extend_mask(
+    mask: Option<&Tensor>,
+    b: usize,
+    t: usize,
+    n: usize,
+) -> Result<Option<Tensor>> {
     let Some(m) = mask else { return Ok(None) };
     if m.dims() != [b, t] {
         return Err(Error::Input(format!(
@@ -167,7 +182,11 @@ pub(super) fn count(varmap: &VarMap) -> usize {
 }
 
 /// Writes `adapter_config.json` and `adapter_model.safetensors` (`prompt_embeddings`, f32).
-pub(super) fn save_prompt_adapter(dir: &Path, config: Value, prompt_embeddings: &Tensor) -> Result<()> {
+pub(super) fn save_prompt_adapter(
+    dir: &Path,
+    config: Value,
+    prompt_embeddings: &Tensor,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let tensors = BTreeMap::from([(
         PROMPT_EMBEDDINGS.to_string(),
@@ -275,4 +294,3 @@ pub(super) fn prompt_learning_json(
     .map(|(k, v)| (k.to_string(), v))
     .collect()
 }
-

@@ -1,9 +1,7 @@
 //! Prefix tuning (Li & Liang 2021): trainable keys and values before every layer's own,
 //! `K_l = [Pᴷ_l ; RoPE(k_proj(h))]`; see the folder's module docs for what peft does.
 
-
 use super::*;
-
 
 /// peft's `PrefixTuningConfig` for a causal LM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,7 +68,6 @@ impl PrefixTuningConfig {
         }
     }
 }
-
 
 /// peft's `PrefixEncoder`: the trainable tensors that produce the prefix.
 #[derive(Debug)]

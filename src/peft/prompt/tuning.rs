@@ -1,9 +1,7 @@
 //! Prompt tuning (Lester et al. 2021): n trainable virtual tokens before the input,
 //! `x = [P ; Embed(ids)]`, `P: [n, C]`; see the folder's module docs for what peft does.
 
-
 use super::*;
-
 
 /// How the virtual tokens start (peft's `PromptTuningInit`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -80,7 +78,6 @@ impl PromptTuningConfig {
         self.num_virtual_tokens * model.hidden_size
     }
 }
-
 
 /// A model with trainable virtual tokens before its input (peft's `PeftModelForCausalLM` with
 /// a `PromptTuningConfig`).
