@@ -197,11 +197,11 @@ fn main() -> tunelab::Result<()> {
             });
             for (ids, t) in inputs.iter().zip(tokens) {
                 // Without evaluation copies (a fresh get_peft_model never made any).
-                let (_, l, ratio) = paired_ms(&plain, &peft.base_model(), ids, runs);
+                let (_, l, ratio) = paired_ms(&plain, peft.base_model(), ids, runs);
                 row[format!("lora_train_path_t{t}_ms")] = l.into();
                 row[format!("overhead_train_path_t{t}")] = ratio.into();
                 peft.eval();
-                let (p, l, ratio) = paired_ms(&plain, &peft.base_model(), ids, runs);
+                let (p, l, ratio) = paired_ms(&plain, peft.base_model(), ids, runs);
                 row[format!("plain_t{t}_ms")] = p.into();
                 row[format!("lora_t{t}_ms")] = l.into();
                 row[format!("overhead_t{t}")] = ratio.into();

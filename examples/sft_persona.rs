@@ -109,7 +109,7 @@ fn main() -> tunelab::Result<()> {
     tunelab::peft::save_adapter(&peft, format!("{out}/adapter"), "default")?;
 
     println!("== after training");
-    let after_persona = ask(&peft.base_model(), &tok, &heldout)?;
+    let after_persona = ask(peft.base_model(), &tok, &heldout)?;
     let q = peft
         .lora_layer("model.layers.0.self_attn.q_proj")?
         .verify_merge()?;

@@ -14,6 +14,9 @@ use tunelab::peft::{
 };
 use tunelab::train::{IntervalStrategy, ProgressStyle, Trainer, TrainingArgs};
 
+/// Builds, trains and returns a method: (first loss, last loss, the method).
+type Run<'a> = Box<dyn FnOnce() -> (f64, f64, Box<dyn PeftMethod>) + 'a>;
+
 const SENTENCE: [u32; 12] = [1, 17, 42, 99, 3, 250, 64, 7, 18, 200, 31, 5];
 
 fn data() -> Batcher {
@@ -67,7 +70,7 @@ fn every_method_trains_with_the_trainer_and_generates_as_it_predicts() {
     let mut dora_cfg = lora_cfg.clone();
     dora_cfg.use_dora = true;
     let prompt_cfg = PromptTuningConfig::new(4, PromptTuningInit::Random);
-    let methods: Vec<(&str, Box<dyn FnOnce() -> (f64, f64, Box<dyn PeftMethod>)>)> = vec![
+    let methods: Vec<(&str, Run<'_>)> = vec![
         (
             "prompt tuning",
             Box::new(|| {

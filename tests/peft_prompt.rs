@@ -257,8 +257,8 @@ impl Method {
     }
     fn model(&self) -> &Llama {
         match self {
-            Method::Prompt(m) => &m.base_model(),
-            Method::Prefix(m) => &m.base_model(),
+            Method::Prompt(m) => m.base_model(),
+            Method::Prefix(m) => m.base_model(),
         }
     }
 }
@@ -629,7 +629,7 @@ fn smollm2_text_init_and_prefix_from_a_text() {
     let want_ids: Vec<u32> = text_ids.iter().cycle().take(n).copied().collect();
     let cfg = PromptTuningConfig::new(n, PromptTuningInit::Text(text.into()));
     let pt = get_prompt_tuning_model(lm.model, &cfg, Some(&tok), 0).unwrap();
-    let want = embeddings_of(&pt.base_model(), &want_ids);
+    let want = embeddings_of(pt.base_model(), &want_ids);
     assert_eq!(max_abs_diff(pt.prompt_embeddings().as_tensor(), &want), 0.0);
     assert_eq!(pt.trainable_parameters().trainable, n * 576);
     assert_eq!(pt.trainable_parameters().all, 134_515_008 + n * 576);
