@@ -17,7 +17,8 @@ use serde_json::{json, Value};
 
 use super::bottleneck::{get_bottleneck_model, BottleneckConfig, BottleneckModel};
 use crate::model::llama::Llama;
-use crate::model::load::{save_safetensors, write_atomic};
+use crate::fs::write_bytes_atomic;
+use crate::model::load::save_safetensors;
 use crate::{Error, Result};
 
 const ADAPTER_CONFIG: &str = "adapter_config.json";
@@ -46,9 +47,7 @@ impl BottleneckModel {
         let text = serde_json::to_string_pretty(&config)
             .map_err(|e| Error::format(dir.join(ADAPTER_CONFIG), e.to_string()))?;
         let path = dir.join(ADAPTER_CONFIG);
-        write_atomic(&path, |tmp| {
-            std::fs::write(tmp, text.as_bytes()).map_err(|e| Error::io(tmp, e))
-        })?;
+        write_bytes_atomic(&path, text)?;
         let tensors: BTreeMap<String, Tensor> = self
             .named_vars()
             .into_iter()

@@ -24,7 +24,8 @@ use super::bias::bias_key;
 use super::lora::LoraLayer;
 use super::model::{get_peft_model_seeded, PeftModel};
 use crate::model::llama::Llama;
-use crate::model::load::{save_safetensors, write_atomic};
+use crate::fs::write_bytes_atomic;
+use crate::model::load::save_safetensors;
 use crate::{Error, Result};
 
 /// The config file's name.
@@ -123,9 +124,7 @@ pub fn write_adapter(
     save_safetensors(tensors, &dir.join(ADAPTER_WEIGHTS))?;
     let text = serde_json::to_string_pretty(&config.to_json()).expect("JSON values serialize");
     let path = dir.join(ADAPTER_CONFIG);
-    write_atomic(&path, |tmp| {
-        std::fs::write(tmp, text.as_bytes()).map_err(|e| Error::io(tmp, e))
-    })
+    write_bytes_atomic(&path, text)
 }
 
 /// Reads `dir/adapter_config.json`.

@@ -69,7 +69,8 @@ use super::model::TrainableParameters;
 use crate::model::config::Config;
 use crate::model::linear::linear_forward;
 use crate::model::llama::{ForwardOptions, KvCache, Llama};
-use crate::model::load::{save_safetensors, write_atomic};
+use crate::fs::write_bytes_atomic;
+use crate::model::load::save_safetensors;
 use crate::model::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
@@ -195,9 +196,7 @@ pub(super) fn save_prompt_adapter(
     save_safetensors(&tensors, &dir.join(ADAPTER_WEIGHTS))?;
     let text = serde_json::to_string_pretty(&config).expect("JSON values serialize");
     let path = dir.join(ADAPTER_CONFIG);
-    write_atomic(&path, |tmp| {
-        std::fs::write(tmp, text.as_bytes()).map_err(|e| Error::io(tmp, e))
-    })
+    write_bytes_atomic(&path, text)
 }
 
 /// Reads the config (checking `peft_type`, `num_virtual_tokens`, `token_dim`, `num_layers`) and
