@@ -367,14 +367,9 @@ pub fn tokenize_texts<S: AsRef<str>>(
     truncate_examples(examples, config.max_seq_length)
 }
 
-/// Puts "example {i}: " in front of an input or template error's message.
+/// `e`, as having happened on example `i` ([`Error::Example`]).
 fn at_record(i: usize, e: Error) -> Error {
-    match e {
-        Error::Input(m) => Error::Input(format!("example {i}: {m}")),
-        Error::Template(m) => Error::Template(format!("example {i}: {m}")),
-        Error::Tokenizer(m) => Error::Tokenizer(format!("example {i}: {m}")),
-        other => other,
-    }
+    e.at_example(i)
 }
 
 /// Keeps the first `max_seq_length` tokens of every example and drops those left without a
@@ -398,10 +393,11 @@ pub fn truncate_examples(
     for (i, ex) in examples.iter().enumerate() {
         if ex.input_ids.len() != ex.labels.len() {
             return Err(Error::Input(format!(
-                "example {i}: input_ids has {} tokens but labels has {}",
+                "input_ids has {} tokens but labels has {}",
                 ex.input_ids.len(),
                 ex.labels.len()
-            )));
+            ))
+            .at_example(i));
         }
     }
     let shortest = examples.iter().map(|e| e.len()).min().unwrap_or(0);
@@ -579,17 +575,19 @@ impl Batcher {
         for (i, ex) in examples.iter().enumerate() {
             if ex.input_ids.len() != ex.labels.len() {
                 return Err(Error::Input(format!(
-                    "example {i}: input_ids has {} tokens but labels has {}",
+                    "input_ids has {} tokens but labels has {}",
                     ex.input_ids.len(),
                     ex.labels.len()
-                )));
+                ))
+                .at_example(i));
             }
             if ex.is_empty() || ex.len() > max {
                 return Err(Error::Input(format!(
-                    "example {i} has {} tokens; expected 1..={max} (max_seq_length; truncate \
-                     with truncate_examples)",
+                    "{} tokens; expected 1..={max} (max_seq_length; truncate with \
+                     truncate_examples)",
                     ex.len()
-                )));
+                ))
+                .at_example(i));
             }
         }
         let rows = if config.packing {

@@ -68,13 +68,12 @@ pub fn sft_batcher(
     };
     if let Some(other) = records.iter().find(|r| r.is_text() != first.is_text()) {
         let kind = |r: &Conversation| if r.is_text() { "plain text" } else { "chat" };
-        return Err(Error::Input(format!(
-            "{}: a {} record in a dataset of {} records ({}); keep chat and plain text apart",
-            other.source,
+        return Err(other.source.wrap(Error::Input(format!(
+            "a {} record in a dataset of {} records ({}); keep chat and plain text apart",
             kind(other),
             kind(first),
             first.source
-        )));
+        ))));
     }
     let with_source = |e: Error| locate(e, records);
     if first.is_text() {
@@ -94,22 +93,13 @@ pub fn sft_batcher(
     Batcher::from_conversations(tokenizer, template, &chats, config).map_err(with_source)
 }
 
-/// Replaces the "example {i}: " the batcher's errors start with by the record's file and line.
+/// The batcher's [`Error::Example`] (an index into `records`) as an [`Error::Record`] naming
+/// the record's file and line.
 fn locate(e: Error, records: &[Conversation]) -> Error {
-    let fix = |m: String| -> String {
-        let Some(rest) = m.strip_prefix("example ") else {
-            return m;
-        };
-        let (num, tail) = rest.split_once(": ").unwrap_or((rest, ""));
-        match num.parse::<usize>().ok().and_then(|i| records.get(i)) {
-            Some(r) => format!("{}: {tail}", r.source),
-            None => m,
-        }
-    };
     match e {
-        Error::Input(m) => Error::Input(fix(m)),
-        Error::Template(m) => Error::Template(fix(m)),
-        Error::Tokenizer(m) => Error::Tokenizer(fix(m)),
+        Error::Example { index, source } if index < records.len() => {
+            records[index].source.wrap(*source)
+        }
         other => other,
     }
 }
