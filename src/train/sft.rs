@@ -3,7 +3,10 @@
 //! `full_sequence_loss`), truncated to `max_length` (and packed with `packing`) according to
 //! [`TrainingArgs`], then batched for the [`Trainer`].
 
-use crate::data::batch::{BatchConfig, Batcher, LossOn, TokenizeReport};
+use crate::data::batch::{
+    pad_token_id, tokenize_conversations, tokenize_texts, BatchConfig, Batcher, LossOn,
+    TokenizeReport,
+};
 use crate::data::records::Conversation;
 use crate::model::chat_template::{ChatTemplate, Message};
 use crate::model::tokenizer::Tokenizer;
@@ -75,10 +78,15 @@ pub fn sft_batcher(
             first.source
         ))));
     }
+    // Tokenizing (and truncating) sees one example per record, in order, so an
+    // `Error::Example { index }` from it is `records[index]`; the batcher itself, after
+    // truncation has dropped examples, is not located.
     let with_source = |e: Error| locate(e, records);
+    let pad = pad_token_id(tokenizer)?;
     if first.is_text() {
         let texts: Vec<&str> = records.iter().filter_map(|r| r.text.as_deref()).collect();
-        return Batcher::from_texts(tokenizer, &texts, config).map_err(with_source);
+        let t = tokenize_texts(tokenizer, &texts, config).map_err(with_source)?;
+        return Ok((Batcher::new(t.examples, config, pad)?, t.report));
     }
     let template = match template {
         Some(t) => t,
@@ -90,7 +98,8 @@ pub fn sft_batcher(
         })?,
     };
     let chats: Vec<Vec<Message>> = records.iter().map(|r| r.messages.clone()).collect();
-    Batcher::from_conversations(tokenizer, template, &chats, config).map_err(with_source)
+    let t = tokenize_conversations(tokenizer, template, &chats, config).map_err(with_source)?;
+    Ok((Batcher::new(t.examples, config, pad)?, t.report))
 }
 
 /// The batcher's [`Error::Example`] (an index into `records`) as an [`Error::Record`] naming
