@@ -1,6 +1,7 @@
-//! The `tunelab` binary end to end. `tunelab sft` on the cached SmolLM2 GGUF (skipped when it
-//! is not cached): two LoRA steps, the adapter in PEFT's layout, the merged model in HF's, the
-//! merge equal to W + (alpha/r)·B·A, and the merged directory loads back.
+//! The `tunelab` binary end to end. `tunelab sft` on the SmolLM2 GGUF (`common::smollm2_gguf`:
+//! fetched when not cached, else the test fails saying how to get it): two LoRA steps, the
+//! adapter in PEFT's layout, the merged model in HF's, the merge equal to W + (alpha/r)·B·A,
+//! and the merged directory loads back.
 
 mod common;
 
@@ -10,9 +11,7 @@ use tunelab::{LoadOptions, Pretrained};
 
 #[test]
 fn sft_trains_saves_merges_and_answers() {
-    let Some(gguf) = common::cached_gguf() else {
-        return;
-    };
+    let gguf = common::smollm2_gguf();
     let out = tempfile::tempdir().unwrap();
     let data = concat!(env!("CARGO_MANIFEST_DIR"), "/data/persona.jsonl");
     let run = Command::new(env!("CARGO_BIN_EXE_tunelab"))
@@ -72,9 +71,7 @@ fn sft_trains_saves_merges_and_answers() {
 /// `--chat` the same prompt gets an answer and no hint.
 #[test]
 fn generate_hints_at_chat_when_an_instruct_model_ends_at_once() {
-    let Some(gguf) = common::cached_gguf() else {
-        return;
-    };
+    let gguf = common::smollm2_gguf();
     let run = |extra: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_tunelab"))
             .args(["generate", "--device", "cpu", "--model"])

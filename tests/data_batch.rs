@@ -1,7 +1,7 @@
 //! `data::batch`: labels, truncation, packing, padding and resumable batching.
 //!
 //! Label masks are checked on a byte-level tokenizer built here (one token per byte, so a
-//! token's text is exact) and, when the GGUF is cached, on SmolLM2's real tokenizer. Packing
+//! token's text is exact) and, on SmolLM2's real tokenizer (`common::smollm2_gguf`). Packing
 //! and padding are checked the way that matters for training: the logits of a packed or padded
 //! batch at each document's real positions equal the logits of the document run alone, on the
 //! tiny random model in f32.
@@ -122,9 +122,7 @@ fn assistant_only_labels_on_byte_tokenizer() {
 
 #[test]
 fn assistant_only_labels_on_smollm2() {
-    let Some(path) = common::cached_gguf() else {
-        return;
-    };
+    let path = common::smollm2_gguf();
     let tk = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
     let t = tk.chat_template().unwrap().clone();
     let convs = vec![conversation()];
@@ -232,6 +230,64 @@ fn every_example_too_long_is_an_error() {
     );
 }
 
+/// `train::sft_batcher` turns the batcher's "example i" into the record's file and line, from
+/// the error's fields ([`Error::Example`] → [`Error::Record`]), not from its message.
+#[test]
+fn sft_errors_name_the_record_file_and_line() {
+    use tunelab::data::records::{parse_jsonl_str, Location};
+    let dir = tempfile::tempdir().unwrap();
+    let tk = byte_tokenizer(dir.path());
+    let text = concat!(
+        r#"{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}"#,
+        "\n\n",
+        r#"{"messages": [{"role": "user", "content": "no answer"}]}"#,
+        "\n"
+    );
+    let records = parse_jsonl_str(text, "chats.jsonl", &Default::default()).unwrap();
+    let cfg = BatchConfig::default();
+    let err = tunelab::train::sft_batcher(&tk, Some(&ChatTemplate::chatml()), &records, &cfg)
+        .unwrap_err();
+    let msg = err.to_string();
+    // The second record is on line 3 (line 2 is blank).
+    match &err {
+        Error::Record {
+            file,
+            location,
+            source,
+        } => {
+            assert_eq!(file, Path::new("chats.jsonl"), "{msg}");
+            assert_eq!(*location, Location::Line(3), "{msg}");
+            assert!(matches!(**source, Error::Input(_)), "{msg}");
+        }
+        other => panic!("expected Error::Record, found {other:?}"),
+    }
+    assert!(
+        msg.starts_with("chats.jsonl: line 3: ") && msg.contains("no assistant turn"),
+        "{msg}"
+    );
+    assert!(!msg.contains("example 1"), "{msg}");
+
+    // Chat and plain text mixed: the odd record is named the same way.
+    let text = concat!(
+        r#"{"text": "plain"}"#,
+        "\n",
+        r#"{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}"#,
+        "\n"
+    );
+    let records = parse_jsonl_str(text, "mixed.jsonl", &Default::default()).unwrap();
+    let err = tunelab::train::sft_batcher(&tk, None, &records, &cfg).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::Record {
+                location: Location::Line(2),
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
 #[test]
 fn empty_dataset_and_missing_assistant_turn_are_errors() {
     let dir = tempfile::tempdir().unwrap();
@@ -253,7 +309,8 @@ fn empty_dataset_and_missing_assistant_turn_are_errors() {
     ];
     let err = tokenize_conversations(&tk, &t, &convs, &cfg).unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, Error::Input(_)), "{msg}");
+    assert!(matches!(err, Error::Example { index: 1, .. }), "{msg}");
+    assert!(matches!(err.root(), Error::Input(_)), "{msg}");
     assert!(
         msg.contains("example 1") && msg.contains("no assistant turn"),
         "{msg}"

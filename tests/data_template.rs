@@ -124,10 +124,10 @@ fn byte_tokenizer(dir: &Path) -> Tokenizer {
     Tokenizer::from_file(&path).unwrap()
 }
 
-fn smollm2() -> Option<Tokenizer> {
-    let path = common::cached_gguf()?;
+fn smollm2() -> Tokenizer {
+    let path = common::smollm2_gguf();
     let gguf = GgufFile::open(&path).unwrap_or_else(|e| panic!("{e}"));
-    Some(Tokenizer::from_gguf(&gguf).unwrap_or_else(|e| panic!("{e}")))
+    Tokenizer::from_gguf(&gguf).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The text of the tokens of each assistant turn, by message index.
@@ -316,7 +316,7 @@ fn empty_conversation_is_an_error() {
 /// SmolLM2's real tokenizer against transformers' ids and masks.
 #[test]
 fn smollm2_ids_and_masks_match_transformers() {
-    let Some(tk) = smollm2() else { return };
+    let tk = smollm2();
     let f: ChatFixture = read_json(&fixture("smollm2_chat.json"));
     let t = ChatTemplate::chatml();
     let (mut whole_equal, mut sanitized_equal) = (0, 0);
@@ -374,7 +374,7 @@ fn smollm2_ids_and_masks_match_transformers() {
 
 #[test]
 fn smollm2_injection_gives_no_special_ids() {
-    let Some(tk) = smollm2() else { return };
+    let tk = smollm2();
     let specials: Vec<u32> = ["<|im_start|>", "<|im_end|>", "<|endoftext|>"]
         .iter()
         .map(|s| tk.token_to_id(s).unwrap())

@@ -13,7 +13,8 @@
 //! ```
 //!
 //! The reverse direction (transformers loading what tunelab saves) is
-//! `scripts/ref/check_save_pretrained.py`, which drives the two env-gated tests at the end.
+//! `scripts/ref/check_save_pretrained.py`, which saves the models with
+//! `cargo run --example save_for_transformers` (examples/save_for_transformers.rs).
 
 use std::path::{Path, PathBuf};
 
@@ -174,34 +175,4 @@ fn save_pretrained_round_trip_is_bit_identical() {
         assert!(bits(&model) == bits(&back), "{name}: logits changed");
         0.0
     });
-}
-
-/// For `scripts/ref/check_save_pretrained.py`: with `TUNELAB_SAVE_DIR` set, saves every tiny
-/// model, loaded by tunelab, to `$TUNELAB_SAVE_DIR/<name>` for transformers to load.
-#[test]
-fn save_tiny_models_for_transformers() {
-    let Some(out) = std::env::var_os("TUNELAB_SAVE_DIR") else {
-        println!("TUNELAB_SAVE_DIR is not set: nothing saved");
-        return;
-    };
-    for name in FAMILIES {
-        let dest = Path::new(&out).join(name);
-        load::save_pretrained(&load(&fixture(name)), None, &dest).unwrap();
-        println!("saved {name} to {}", dest.display());
-    }
-}
-
-/// For `scripts/ref/check_save_pretrained.py --smollm2 DIR`: with `TUNELAB_SAVE_SMOLLM2=DIR`
-/// set, loads SmolLM2-135M-Instruct from its GGUF (dequantized to f32) and saves model and
-/// tokenizer to `DIR`.
-#[test]
-fn save_smollm2_for_transformers() {
-    let Some(out) = std::env::var_os("TUNELAB_SAVE_SMOLLM2") else {
-        println!("TUNELAB_SAVE_SMOLLM2 is not set: nothing saved");
-        return;
-    };
-    let gguf = tunelab::model::hub::fallback_gguf().unwrap();
-    let lm = tunelab::Pretrained::load_path(&gguf, &Default::default()).unwrap();
-    lm.save_pretrained(&out).unwrap();
-    println!("saved {} to {}", gguf.display(), Path::new(&out).display());
 }

@@ -455,3 +455,25 @@ fn memory_weights_check_shapes() {
         .unwrap();
     assert!((s - 2.0).abs() < 1e-4);
 }
+
+/// A path that names no projection is an [`tunelab::Error::UnknownLayer`] carrying the path and
+/// the number of layers, so a caller can match on it.
+#[test]
+fn unknown_layer_path_is_a_typed_error() {
+    let m = tiny(0);
+    let layers = m.config().num_hidden_layers;
+    let path = format!("model.layers.{layers}.self_attn.q_proj");
+    let err = m.linear(&path).unwrap_err();
+    match &err {
+        tunelab::Error::UnknownLayer { path: p, layers: n } => {
+            assert_eq!(p, &path);
+            assert_eq!(*n, layers);
+        }
+        other => panic!("expected Error::UnknownLayer, found {other:?}"),
+    }
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&path) && msg.contains(&format!("layers 0..{layers}")),
+        "{msg}"
+    );
+}

@@ -286,3 +286,24 @@ fn safe_merge_refuses_a_non_finite_update() {
     let e = peft.merge(true).unwrap_err().to_string();
     assert!(e.contains("`default`") && e.contains("NaN"), "{e}");
 }
+
+/// Asking for an adapter the model does not have is an [`tunelab::Error::UnknownAdapter`] that
+/// lists the adapters it has.
+#[test]
+fn unknown_adapter_is_a_typed_error() {
+    let cfg = LoraConfig::new(2, 4.0, TargetModules::names(["q_proj"]));
+    let peft = get_peft_model_seeded(tiny(0), &cfg, 0).unwrap();
+    let err = peft.peft_config("other").unwrap_err();
+    match &err {
+        tunelab::Error::UnknownAdapter { name, available } => {
+            assert_eq!(name, "other");
+            assert_eq!(available, &["default".to_string()]);
+        }
+        other => panic!("expected Error::UnknownAdapter, found {other:?}"),
+    }
+    let msg = err.to_string();
+    assert!(
+        msg.contains("`other`") && msg.contains("`default`"),
+        "{msg}"
+    );
+}

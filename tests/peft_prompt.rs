@@ -612,10 +612,7 @@ fn bad_configs_are_named() {
 /// does it, and the prefix equivalence on a real model and a real text.
 #[test]
 fn smollm2_text_init_and_prefix_from_a_text() {
-    if common::cached_gguf().is_none() {
-        return;
-    }
-    let path = tunelab::model::hub::fallback_gguf().unwrap();
+    let path = common::smollm2_gguf();
     let lm = tunelab::Pretrained::load_path(&path, &Default::default()).unwrap();
     let tok = lm.tokenizer;
     let text = "Classify if the tweet is a complaint or not:";
@@ -674,45 +671,9 @@ fn smollm2_text_init_and_prefix_from_a_text() {
     assert_eq!(last(&got), last(&base));
 }
 
-/// Writes the inputs of `cross_check_with_peft` into `$TUNELAB_PEFT_DIR`: the tiny model as an
-/// HF checkpoint (`model/`), three adapters saved by `save_pretrained` (`prompt/`, `prefix/`,
-/// `prefix_proj/`) and our logits for INPUT (`<name>_logits.safetensors`).
-/// `cargo test --test peft_prompt -- --ignored write_peft_cross_check_inputs`
-#[test]
-#[ignore = "writes files for the peft cross-check script"]
-fn write_peft_cross_check_inputs() {
-    let dir = std::path::PathBuf::from(std::env::var("TUNELAB_PEFT_DIR").unwrap());
-    std::fs::create_dir_all(dir.join("model")).unwrap();
-    common::save_sharded(&tiny(21), &dir.join("model"));
-    let save_logits = |name: &str, logits: Tensor| {
-        let t = std::collections::BTreeMap::from([("logits".to_string(), logits)]);
-        tunelab::model::load::save_safetensors(&t, &dir.join(format!("{name}_logits.safetensors")))
-            .unwrap();
-    };
-    let pt = get_prompt_tuning_model(
-        tiny(21),
-        &PromptTuningConfig::new(4, PromptTuningInit::Random),
-        None,
-        22,
-    )
-    .unwrap();
-    pt.save_pretrained(dir.join("prompt")).unwrap();
-    save_logits("prompt", pt.forward(&ids(&INPUT), &none()).unwrap());
-    for (name, cfg) in [
-        ("prefix", PrefixTuningConfig::new(3)),
-        (
-            "prefix_proj",
-            PrefixTuningConfig::new(3).with_projection(Some(24)),
-        ),
-    ] {
-        let pm = get_prefix_tuning_model(tiny(21), &cfg, 23).unwrap();
-        pm.save_pretrained(dir.join(name)).unwrap();
-        save_logits(name, pm.forward(&ids(&INPUT), &none()).unwrap());
-    }
-}
-
 /// peft 0.21.2 + transformers 5.23.0 (torch 2.15.0, CPU, f32) loading the adapters that
-/// tunelab saved (see `write_peft_cross_check_inputs`) onto the tiny model saved as an HF
+/// tunelab saved (`cargo run --example save_prompt_adapters -- DIR`, examples/
+/// save_prompt_adapters.rs) onto the tiny model saved as an HF
 /// checkpoint, forward on INPUT, logits[0, :, :3] (for prompt tuning peft returns all n + T
 /// positions; these are `[:, n:]`):
 /// ```python

@@ -11,7 +11,7 @@ use tunelab::model::perplexity::{perplexity, perplexity_of_ids, PerplexityOption
 use tunelab::Pretrained;
 
 mod common;
-use common::cached_gguf;
+use common::smollm2_gguf;
 
 #[derive(serde::Deserialize)]
 struct Single {
@@ -55,7 +55,7 @@ const NLL_TOL: f64 = 4e-4;
 
 #[test]
 fn smollm2_perplexity_matches_transformers() {
-    let Some(path) = cached_gguf() else { return };
+    let path = smollm2_gguf();
     let lm = Pretrained::load_path(path, &Default::default()).unwrap();
     let fx = fixture();
     let ids = lm.tokenizer.encode(&fx.text, true).unwrap();

@@ -9,8 +9,7 @@ mod common;
 use common::max_rel_diff;
 
 fn smollm2() -> Pretrained {
-    let path =
-        tunelab::model::hub::fallback_gguf().expect("the fallback GGUF (scripts/fetch_smollm2.py)");
+    let path = common::smollm2_gguf();
     Pretrained::load_path(path, &Default::default()).expect("loading SmolLM2 from GGUF")
 }
 

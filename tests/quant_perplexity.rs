@@ -11,6 +11,8 @@ use tunelab::quant::{
 };
 use tunelab::Pretrained;
 
+mod common;
+
 fn text() -> String {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/smollm2/perplexity.json");
@@ -20,7 +22,7 @@ fn text() -> String {
 }
 
 fn load() -> Pretrained {
-    let path = tunelab::model::hub::fallback_gguf().expect("the fallback GGUF");
+    let path = common::smollm2_gguf();
     Pretrained::load_path(path, &Default::default()).unwrap()
 }
 

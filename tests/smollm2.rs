@@ -14,6 +14,8 @@ use tunelab::model::llama::Llama;
 use tunelab::model::tokenizer::Tokenizer;
 use tunelab::{Message, Pretrained};
 
+mod common;
+
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2")
 }
@@ -21,8 +23,7 @@ fn fixtures() -> PathBuf {
 fn smollm2() -> &'static Pretrained {
     static LM: OnceLock<Pretrained> = OnceLock::new();
     LM.get_or_init(|| {
-        let path = tunelab::model::hub::fallback_gguf()
-            .expect("the fallback GGUF (scripts/fetch_smollm2.py)");
+        let path = common::smollm2_gguf();
         Pretrained::load_path(path, &Default::default()).expect("loading SmolLM2 from GGUF")
     })
 }
@@ -94,7 +95,7 @@ fn logits_match_transformers_f32() {
 
 #[test]
 fn bf16_and_f16_stay_close_to_f32() {
-    let path = tunelab::model::hub::fallback_gguf().unwrap();
+    let path = common::smollm2_gguf();
     let ids: Vec<u32> = smollm2()
         .tokenizer
         .encode("The quick brown fox jumps over the lazy dog.", false)

@@ -13,15 +13,8 @@ use tunelab::model::chat_template::Message;
 use tunelab::model::gguf::GgufFile;
 use tunelab::model::tokenizer::Tokenizer;
 
-/// The SmolLM2-135M-Instruct Q4_1 GGUF: `$TUNELAB_SMOLLM2_GGUF`, else
-/// `$HOME/.cache/tunelab/SmolLM2-135M-Instruct.Q4_1.gguf`.
-fn smollm2_gguf() -> PathBuf {
-    if let Some(p) = std::env::var_os("TUNELAB_SMOLLM2_GGUF") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var_os("HOME").expect("HOME is set");
-    PathBuf::from(home).join(".cache/tunelab/SmolLM2-135M-Instruct.Q4_1.gguf")
-}
+mod common;
+use common::smollm2_gguf;
 
 #[derive(Deserialize)]
 struct Fixture {

@@ -392,7 +392,21 @@ fn nan_loss_stops_training_and_keeps_the_last_checkpoint() {
     let mut t = Trainer::new(model, a, batcher(examples(16), 4, true), None).unwrap();
     let err = t.train_steps(5).unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, Error::Training(_)), "{msg}");
+    let Error::TrainingStopped {
+        step,
+        last_checkpoint,
+        ..
+    } = &err
+    else {
+        panic!("expected Error::TrainingStopped: {msg}");
+    };
+    assert_eq!(*step, 3, "{msg}");
+    assert!(
+        last_checkpoint
+            .as_deref()
+            .is_some_and(|p| p.ends_with("checkpoint-2")),
+        "{msg}"
+    );
     assert!(
         msg.contains("step 3") && msg.contains("checkpoint-2"),
         "{msg}"

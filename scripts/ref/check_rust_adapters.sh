@@ -12,3 +12,9 @@ for kind in lora rslora dora; do
   cargo run -q --example save_peft_adapter -- "$BASE" "$OUT/$kind" "$kind"
   "$PYTHON" scripts/ref/make_peft_fixtures.py --check-rust-adapter "$OUT/$kind" --base "$BASE"
 done
+# LoRA's extras (bias, modules_to_save, PiSSA), each on the tiny base named in <case>/BASE.
+cargo run -q --example save_peft_extras -- "$OUT/extras"
+for dir in "$OUT"/extras/*/; do
+  "$PYTHON" scripts/ref/make_peft_fixtures.py --check-rust-adapter "$dir" \
+    --base "tests/fixtures/tiny_hf/$(cat "$dir/BASE")"
+done

@@ -6,7 +6,7 @@ This is the reverse:
 
 1. Tiny models (always, unless --no-tiny).  Runs
 
-       TUNELAB_SAVE_DIR=<tmp> cargo test --test hf_families save_tiny_models_for_transformers
+       cargo run --example save_for_transformers -- tiny <tmp>
 
    which loads every fixture of tests/fixtures/tiny_hf with tunelab and saves it again with
    `tunelab::model::load::save_pretrained` to <tmp>/<name>.  Each saved directory is loaded
@@ -17,7 +17,7 @@ This is the reverse:
 
 2. SmolLM2 (with --smollm2 DIR).  If DIR has no config.json (or with --resave), runs
 
-       TUNELAB_SAVE_SMOLLM2=DIR cargo test --test hf_families save_smollm2_for_transformers
+       cargo run --example save_for_transformers -- smollm2 DIR
 
    which loads SmolLM2-135M-Instruct from the Q4_1 GGUF with tunelab (dequantized to f32) and
    saves model and tokenizer to DIR.  Then transformers loads DIR, and separately the GGUF
@@ -27,7 +27,7 @@ This is the reverse:
      (encode without and with special tokens, and decode), and against the llama.cpp ids
      recorded in tests/fixtures/smollm2/tokenize.json.
 
-Run from the repo root (cargo builds the test binary first; 2 threads)::
+Run from the repo root (cargo builds the example first; 2 threads)::
 
     /tmp/pyref/venv/bin/python scripts/ref/check_save_pretrained.py [--smollm2 /tmp/smollm2_saved]
 
@@ -46,7 +46,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests/fixtures/tiny_hf"
 FAMILIES = ["llama_untied", "llama3_scaled", "qwen2", "mistral", "llama_bias"]
-DEFAULT_GGUF = Path(os.path.expanduser("~/.cache/tunelab/SmolLM2-135M-Instruct.Q4_1.gguf"))
+# Where the library and scripts/fetch_smollm2.py keep it: $TUNELAB_CACHE, default ~/.cache/tunelab.
+DEFAULT_GGUF = Path(os.environ.get("TUNELAB_CACHE") or os.path.expanduser("~/.cache/tunelab")) / \
+    "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 LOGIT_TEXTS = [
     "The history of the bicycle begins in the early nineteenth century, when inventors in "
@@ -64,10 +66,10 @@ TOKENIZER_TEXTS = [
 ]
 
 
-def cargo_test(test: str, env_var: str, value: str, threads: int) -> None:
-    env = dict(os.environ, **{env_var: value}, CARGO_BUILD_JOBS=str(threads))
-    cmd = ["cargo", "test", "--test", "hf_families", test, "--", "--exact", "--nocapture"]
-    print(f"$ {env_var}={value} {' '.join(cmd)}", flush=True)
+def save_with_tunelab(what: str, out: str, threads: int) -> None:
+    env = dict(os.environ, CARGO_BUILD_JOBS=str(threads))
+    cmd = ["cargo", "run", "--example", "save_for_transformers", "--", what, out]
+    print(f"$ {' '.join(cmd)}", flush=True)
     subprocess.run(cmd, cwd=ROOT, env=env, check=True)
 
 
@@ -86,7 +88,7 @@ def check_tiny(save_dir: Path, tol: float, threads: int) -> bool:
     import torch
     from safetensors.torch import load_file
 
-    cargo_test("save_tiny_models_for_transformers", "TUNELAB_SAVE_DIR", str(save_dir), threads)
+    save_with_tunelab("tiny", str(save_dir), threads)
     ok = True
     print(f"\ntransformers loading tunelab's save_pretrained, vs the fixture logits (tol {tol:g}):")
     for name in FAMILIES:
@@ -108,7 +110,7 @@ def check_smollm2(out: Path, gguf: Path, resave: bool, tol: float, threads: int)
     from transformers import AutoTokenizer
 
     if resave or not (out / "config.json").is_file():
-        cargo_test("save_smollm2_for_transformers", "TUNELAB_SAVE_SMOLLM2", str(out), threads)
+        save_with_tunelab("smollm2", str(out), threads)
     ok = True
     gtok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     stok = AutoTokenizer.from_pretrained(out)

@@ -101,7 +101,8 @@ from pathlib import Path
 import numpy as np
 
 EXPECTED_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-DEFAULT_GGUF = os.path.expanduser("~/.cache/tunelab/SmolLM2-135M-Instruct.Q4_1.gguf")
+DEFAULT_GGUF = os.path.join(os.environ.get("TUNELAB_CACHE") or os.path.expanduser("~/.cache/tunelab"),
+                            "SmolLM2-135M-Instruct.Q4_1.gguf")  # as scripts/fetch_smollm2.py
 EOS_ID = 2  # <|im_end|>
 MAX_NEW_TOKENS = 32
 N_LOGITS_TOKENS = 64

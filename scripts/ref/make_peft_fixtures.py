@@ -493,6 +493,13 @@ def write_readme(out: Path, counts: dict, diffs: dict, resolved: dict) -> None:
         "saves for that config (or did not load unchanged), and fails (exit 1) if max |peft logits − tunelab logits| "
         "exceeds the tolerance, both unmerged and after `merge_and_unload()`.\n"
     )
+    lines.append(
+        "`scripts/ref/check_rust_adapters.sh` does this end to end: it writes adapters with\n"
+        "`cargo run --example save_peft_adapter -- BASE_DIR OUT_DIR [lora|rslora|dora]` and, for LoRA's\n"
+        "extras (`bias`, `modules_to_save`, PiSSA), `cargo run --example save_peft_extras -- OUT_DIR`\n"
+        "(one `OUT_DIR/<case>` per case, its base named in `OUT_DIR/<case>/BASE`), then checks each.\n"
+        "Neither program is part of `cargo test`.\n"
+    )
     lines.append("## Files\n")
     for p in sorted(out.rglob("*")):
         if p.is_file() and p.name != "README.md":

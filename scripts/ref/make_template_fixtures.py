@@ -44,7 +44,8 @@ import os
 import re
 from pathlib import Path
 
-DEFAULT_GGUF = os.path.expanduser("~/.cache/tunelab/SmolLM2-135M-Instruct.Q4_1.gguf")
+DEFAULT_GGUF = os.path.join(os.environ.get("TUNELAB_CACHE") or os.path.expanduser("~/.cache/tunelab"),
+                            "SmolLM2-135M-Instruct.Q4_1.gguf")  # as scripts/fetch_smollm2.py
 
 # ---------------------------------------------------------------------------------- templates
 # Verbatim from each model's tokenizer_config.json ("chat_template", "bos_token", "eos_token").

@@ -119,23 +119,7 @@ impl std::str::FromStr for RecordFormat {
     }
 }
 
-/// Where a record sits in its file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Location {
-    /// A JSONL line, 1-based.
-    Line(usize),
-    /// An index in a JSON array, 0-based.
-    Index(usize),
-}
-
-impl fmt::Display for Location {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Location::Line(n) => write!(f, "line {n}"),
-            Location::Index(i) => write!(f, "index {i}"),
-        }
-    }
-}
+pub use crate::error::Location;
 
 /// The file and line/index a record came from, kept for error messages downstream.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -155,14 +139,28 @@ impl RecordRef {
         }
     }
 
-    /// An error about this record: `file: line 3: msg`.
-    pub fn record_error(&self, msg: impl fmt::Display) -> Error {
-        Error::format(&self.file, format!("{}: {msg}", self.location))
+    /// `source`, as having happened on this record: an [`Error::Record`].
+    pub fn wrap(&self, source: Error) -> Error {
+        Error::Record {
+            file: self.file.clone(),
+            location: self.location,
+            source: Box::new(source),
+        }
     }
 
-    /// An error about `field` of this record: `file: line 3: field `x`: msg`.
+    /// An error about this record: `file: line 3: msg` (an [`Error::Record`] over an
+    /// [`Error::Input`]).
+    pub fn record_error(&self, msg: impl fmt::Display) -> Error {
+        self.wrap(Error::Input(msg.to_string()))
+    }
+
+    /// An error about `field` of this record: `file: line 3: field `x`: msg` (an
+    /// [`Error::Record`] over an [`Error::Field`]).
     pub fn error(&self, field: &str, msg: impl fmt::Display) -> Error {
-        self.record_error(format_args!("field `{field}`: {msg}"))
+        self.wrap(Error::Field {
+            field: field.into(),
+            msg: msg.to_string(),
+        })
     }
 }
 

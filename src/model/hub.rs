@@ -145,10 +145,10 @@ pub fn cached_snapshot(repo_id: &str, opts: &HubOptions) -> Option<PathBuf> {
 /// snapshot directory. Fails with a clear message when offline.
 pub fn download(repo_id: &str, opts: &HubOptions) -> Result<PathBuf> {
     if opts.offline {
-        return Err(Error::NotFound(format!(
-            "`{repo_id}` is not in the local hub cache ({}) and offline mode (HF_HUB_OFFLINE=1) forbids downloading it",
-            opts.cache_dir.display()
-        )));
+        return Err(Error::Offline {
+            repo_id: repo_id.into(),
+            cache_dir: opts.cache_dir.clone(),
+        });
     }
     let mut builder =
         hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(opts.cache_dir.clone()))
@@ -373,9 +373,12 @@ mod tests {
             revision: "main".into(),
             progress: false,
         };
-        let err = resolve_spec("org/some-model", &opts)
-            .unwrap_err()
-            .to_string();
+        let err = resolve_spec("org/some-model", &opts).unwrap_err();
+        assert!(
+            matches!(&err, Error::Offline { repo_id, cache_dir } if repo_id == "org/some-model" && cache_dir == &dir),
+            "{err}"
+        );
+        let err = err.to_string();
         assert!(
             err.contains("org/some-model") && err.contains("HF_HUB_OFFLINE"),
             "{err}"

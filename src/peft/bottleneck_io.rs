@@ -16,8 +16,8 @@ use candle_core::{DType, Tensor};
 use serde_json::{json, Value};
 
 use super::bottleneck::{get_bottleneck_model, BottleneckConfig, BottleneckModel};
-use crate::model::llama::Llama;
 use crate::fs::write_bytes_atomic;
+use crate::model::llama::Llama;
 use crate::model::load::save_safetensors;
 use crate::{Error, Result};
 

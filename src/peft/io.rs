@@ -23,8 +23,8 @@ pub use super::adapter_config::AdapterConfig;
 use super::bias::bias_key;
 use super::lora::LoraLayer;
 use super::model::{get_peft_model_seeded, PeftModel};
-use crate::model::llama::Llama;
 use crate::fs::write_bytes_atomic;
+use crate::model::llama::Llama;
 use crate::model::load::save_safetensors;
 use crate::{Error, Result};
 

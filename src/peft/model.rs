@@ -311,9 +311,10 @@ impl PeftModel {
 
     /// The config of the adapter `name`.
     pub fn peft_config(&self, name: &str) -> Result<&LoraConfig> {
-        self.configs
-            .get(name)
-            .ok_or_else(|| Error::Input(format!("no adapter named `{name}`")))
+        self.configs.get(name).ok_or_else(|| Error::UnknownAdapter {
+            name: name.into(),
+            available: self.adapter_names(),
+        })
     }
 
     /// Names of the adapters.

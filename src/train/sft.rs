@@ -3,7 +3,10 @@
 //! `full_sequence_loss`), truncated to `max_length` (and packed with `packing`) according to
 //! [`TrainingArgs`], then batched for the [`Trainer`].
 
-use crate::data::batch::{BatchConfig, Batcher, LossOn, TokenizeReport};
+use crate::data::batch::{
+    pad_token_id, tokenize_conversations, tokenize_texts, BatchConfig, Batcher, LossOn,
+    TokenizeReport,
+};
 use crate::data::records::Conversation;
 use crate::model::chat_template::{ChatTemplate, Message};
 use crate::model::tokenizer::Tokenizer;
@@ -68,18 +71,22 @@ pub fn sft_batcher(
     };
     if let Some(other) = records.iter().find(|r| r.is_text() != first.is_text()) {
         let kind = |r: &Conversation| if r.is_text() { "plain text" } else { "chat" };
-        return Err(Error::Input(format!(
-            "{}: a {} record in a dataset of {} records ({}); keep chat and plain text apart",
-            other.source,
+        return Err(other.source.wrap(Error::Input(format!(
+            "a {} record in a dataset of {} records ({}); keep chat and plain text apart",
             kind(other),
             kind(first),
             first.source
-        )));
+        ))));
     }
+    // Tokenizing (and truncating) sees one example per record, in order, so an
+    // `Error::Example { index }` from it is `records[index]`; the batcher itself, after
+    // truncation has dropped examples, is not located.
     let with_source = |e: Error| locate(e, records);
+    let pad = pad_token_id(tokenizer)?;
     if first.is_text() {
         let texts: Vec<&str> = records.iter().filter_map(|r| r.text.as_deref()).collect();
-        return Batcher::from_texts(tokenizer, &texts, config).map_err(with_source);
+        let t = tokenize_texts(tokenizer, &texts, config).map_err(with_source)?;
+        return Ok((Batcher::new(t.examples, config, pad)?, t.report));
     }
     let template = match template {
         Some(t) => t,
@@ -91,25 +98,17 @@ pub fn sft_batcher(
         })?,
     };
     let chats: Vec<Vec<Message>> = records.iter().map(|r| r.messages.clone()).collect();
-    Batcher::from_conversations(tokenizer, template, &chats, config).map_err(with_source)
+    let t = tokenize_conversations(tokenizer, template, &chats, config).map_err(with_source)?;
+    Ok((Batcher::new(t.examples, config, pad)?, t.report))
 }
 
-/// Replaces the "example {i}: " the batcher's errors start with by the record's file and line.
+/// The batcher's [`Error::Example`] (an index into `records`) as an [`Error::Record`] naming
+/// the record's file and line.
 fn locate(e: Error, records: &[Conversation]) -> Error {
-    let fix = |m: String| -> String {
-        let Some(rest) = m.strip_prefix("example ") else {
-            return m;
-        };
-        let (num, tail) = rest.split_once(": ").unwrap_or((rest, ""));
-        match num.parse::<usize>().ok().and_then(|i| records.get(i)) {
-            Some(r) => format!("{}: {tail}", r.source),
-            None => m,
-        }
-    };
     match e {
-        Error::Input(m) => Error::Input(fix(m)),
-        Error::Template(m) => Error::Template(fix(m)),
-        Error::Tokenizer(m) => Error::Tokenizer(fix(m)),
+        Error::Example { index, source } if index < records.len() => {
+            records[index].source.wrap(*source)
+        }
         other => other,
     }
 }

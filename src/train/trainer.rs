@@ -438,21 +438,29 @@ impl<M: Trainable> Trainer<M> {
             None => "no checkpoint was written yet".to_string(),
         };
         if !loss.is_finite() {
-            return Err(Error::Training(format!(
-                "the loss of step {} is {loss}; the weights were not updated and {}. Lower \
-                 learning_rate, check the data, or keep max_grad_norm on",
-                step + 1,
-                last_good()
-            )));
+            return Err(Error::TrainingStopped {
+                step: step + 1,
+                last_checkpoint: self.last_checkpoint.clone(),
+                msg: format!(
+                    "the loss of step {} is {loss}; the weights were not updated and {}. Lower \
+                     learning_rate, check the data, or keep max_grad_norm on",
+                    step + 1,
+                    last_good()
+                ),
+            });
         }
         let grad_norm = clip_grad_norm(&mut grads, self.args.max_grad_norm)?;
         if !grad_norm.is_finite() {
-            return Err(Error::Training(format!(
-                "the gradient norm of step {} is {grad_norm}; the weights were not updated and \
-                 {}",
-                step + 1,
-                last_good()
-            )));
+            return Err(Error::TrainingStopped {
+                step: step + 1,
+                last_checkpoint: self.last_checkpoint.clone(),
+                msg: format!(
+                    "the gradient norm of step {} is {grad_norm}; the weights were not updated \
+                     and {}",
+                    step + 1,
+                    last_good()
+                ),
+            });
         }
         let lr = self.schedule.lr(step);
         self.optimizer.step(&grads, lr)?;

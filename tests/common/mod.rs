@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use tunelab::model::config::Config;
-use tunelab::model::hub::{tunelab_cache_dir, FALLBACK_GGUF, FALLBACK_GGUF_SIZE};
+use tunelab::model::hub::{fallback_gguf, tunelab_cache_dir, FALLBACK_GGUF, FALLBACK_GGUF_SIZE};
 use tunelab::model::llama::Llama;
 use tunelab::model::load;
 
@@ -55,20 +55,25 @@ pub fn tiny(seed: u64) -> Llama {
     .unwrap()
 }
 
-/// The cached SmolLM2 GGUF, or `None` (and a message) when it is absent: the tests that use
-/// it never fetch.
-pub fn cached_gguf() -> Option<PathBuf> {
-    let path = tunelab_cache_dir().join(FALLBACK_GGUF);
-    match std::fs::metadata(&path) {
-        Ok(m) if m.len() == FALLBACK_GGUF_SIZE => Some(path),
-        _ => {
-            println!(
-                "skipping: {} is not cached (run `python3 scripts/fetch_smollm2.py`)",
-                path.display()
-            );
-            None
-        }
-    }
+/// The SmolLM2-135M-Instruct Q4_1 GGUF that the tests run on, found (or fetched) by the same
+/// function the library uses for its offline fallback, [`tunelab::model::hub::fallback_gguf`]:
+/// the copy in `$TUNELAB_CACHE` (default `~/.cache/tunelab`), else `scripts/fetch_smollm2.py`
+/// run by the library. A test that needs the model fails here, loudly, when it can be neither
+/// found nor fetched; it never skips.
+pub fn smollm2_gguf() -> PathBuf {
+    // One fetch at a time within a test binary (the tests of a file run in parallel).
+    static FETCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = FETCH.lock().unwrap_or_else(|p| p.into_inner());
+    fallback_gguf().unwrap_or_else(|e| {
+        panic!(
+            "this test needs the SmolLM2-135M-Instruct Q4_1 GGUF ({FALLBACK_GGUF}, \
+             {FALLBACK_GGUF_SIZE} bytes) in {}: {e}\n\
+             get it with `python3 scripts/fetch_smollm2.py` (writes it to $TUNELAB_CACHE, \
+             default ~/.cache/tunelab), or point TUNELAB_CACHE at a folder that holds it; \
+             scripts/test.sh fetches it first",
+            tunelab_cache_dir().display()
+        )
+    })
 }
 
 /// Writes `model` into `dir` as a sharded HF checkpoint: config.json,

@@ -107,17 +107,19 @@ impl Batcher {
         for (i, ex) in examples.iter().enumerate() {
             if ex.input_ids.len() != ex.labels.len() {
                 return Err(Error::Input(format!(
-                    "example {i}: input_ids has {} tokens but labels has {}",
+                    "input_ids has {} tokens but labels has {}",
                     ex.input_ids.len(),
                     ex.labels.len()
-                )));
+                ))
+                .at_example(i));
             }
             if ex.is_empty() || ex.len() > max {
                 return Err(Error::Input(format!(
-                    "example {i} has {} tokens; expected 1..={max} (max_length; truncate \
-                     with truncate_examples)",
+                    "{} tokens; expected 1..={max} (max_length; truncate with \
+                     truncate_examples)",
                     ex.len()
-                )));
+                ))
+                .at_example(i));
             }
         }
         let rows = if config.packing {

@@ -207,14 +207,9 @@ pub fn tokenize_texts<S: AsRef<str>>(
     truncate_examples(examples, config.max_length)
 }
 
-/// Puts "example {i}: " in front of an input or template error's message.
+/// `e`, as having happened on example `i` ([`Error::Example`]).
 fn at_record(i: usize, e: Error) -> Error {
-    match e {
-        Error::Input(m) => Error::Input(format!("example {i}: {m}")),
-        Error::Template(m) => Error::Template(format!("example {i}: {m}")),
-        Error::Tokenizer(m) => Error::Tokenizer(format!("example {i}: {m}")),
-        other => other,
-    }
+    e.at_example(i)
 }
 
 /// Keeps the first `max_length` tokens of every example and drops those left without a
@@ -235,10 +230,11 @@ pub fn truncate_examples(examples: Vec<TokenizedExample>, max_length: usize) -> 
     for (i, ex) in examples.iter().enumerate() {
         if ex.input_ids.len() != ex.labels.len() {
             return Err(Error::Input(format!(
-                "example {i}: input_ids has {} tokens but labels has {}",
+                "input_ids has {} tokens but labels has {}",
                 ex.input_ids.len(),
                 ex.labels.len()
-            )));
+            ))
+            .at_example(i));
         }
     }
     let shortest = examples.iter().map(|e| e.len()).min().unwrap_or(0);

@@ -65,10 +65,10 @@ impl Llama {
     }
 
     fn unknown_path(&self, path: &str) -> Error {
-        Error::Input(format!(
-            "no linear layer at `{path}`; paths look like `model.layers.0.self_attn.q_proj` (layers 0..{}) or `lm_head`",
-            self.layers.len()
-        ))
+        Error::UnknownLayer {
+            path: path.into(),
+            layers: self.layers.len(),
+        }
     }
 
     /// The projection at `path`.

@@ -66,10 +66,10 @@ use serde_json::{json, Map, Value};
 
 use super::method::PeftMethod;
 use super::model::TrainableParameters;
+use crate::fs::write_bytes_atomic;
 use crate::model::config::Config;
 use crate::model::linear::linear_forward;
 use crate::model::llama::{ForwardOptions, KvCache, Llama};
-use crate::fs::write_bytes_atomic;
 use crate::model::load::save_safetensors;
 use crate::model::tokenizer::Tokenizer;
 use crate::{Error, Result};
