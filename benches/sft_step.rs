@@ -259,7 +259,8 @@ fn main() -> tunelab::Result<()> {
     if profile {
         // Instead of the trainer's steps: the same step in pieces. Memory from the first step
         // (a fresh process: what the step itself holds), times from the ones after warm-up.
-        let vars = trainer.model.named_trainable_vars();
+        let mut model = trainer.into_model();
+        let vars = model.named_trainable_vars();
         let adam = AdamWConfig {
             beta1: 0.9,
             beta2: 0.999,
@@ -270,7 +271,7 @@ fn main() -> tunelab::Result<()> {
         let mut parts: [Vec<f64>; 5] = Default::default();
         let mut mem = [0.0; 3];
         for i in 0..steps {
-            let (p, m) = profile_step(&mut trainer.model, &batcher, &mut opt, i)?;
+            let (p, m) = profile_step(&mut model, &batcher, &mut opt, i)?;
             if i == 0 {
                 mem = m;
             }

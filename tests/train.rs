@@ -503,11 +503,11 @@ fn full_fine_tuning_shares_the_trainer() {
     let (first, last) = (h.mean_loss(1, 5).unwrap(), h.mean_loss(21, 25).unwrap());
     assert!(last < 0.7 * first, "loss {first} -> {last}");
     // Tied embeddings stay tied: lm_head is the embedding matrix.
-    let m = &t.model.model;
+    let m = t.model().llama();
     let head = m.lm_head.dense_weight().unwrap();
     assert_eq!(common::max_abs_diff(&head, &m.embed_tokens), 0.0);
     // Saving writes a HF model directory.
     let out = dir.path().join("saved");
-    t.model.save_trained(&out).unwrap();
+    t.model().save_trained(&out).unwrap();
     assert!(out.join("model.safetensors").exists() && out.join("config.json").exists());
 }

@@ -83,10 +83,13 @@ struct Accumulated {
     targets: usize,
 }
 
-/// The trainer. `model` is public: generate with it between cells, save it, merge it.
+/// The trainer. Between cells, read the model with [`Trainer::model`] (generate with it,
+/// look at it); take it back with [`Trainer::into_model`] to merge or save it. It is not a
+/// public field: the optimizer holds its trainable tensors, and a model swapped behind the
+/// trainer's back would not be the one trained.
 pub struct Trainer<M: Trainable> {
     /// The model being trained.
-    pub model: M,
+    model: M,
     args: TrainingArgs,
     train: Batcher,
     eval: Option<Batcher>,
@@ -184,6 +187,11 @@ impl<M: Trainable> Trainer<M> {
             device,
             last_checkpoint: None,
         })
+    }
+
+    /// The model being trained (in evaluation mode between `train_*` calls).
+    pub fn model(&self) -> &M {
+        &self.model
     }
 
     /// The arguments.
