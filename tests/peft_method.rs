@@ -116,6 +116,7 @@ fn every_method_trains_with_the_trainer_and_generates_as_it_predicts() {
     ];
     for (name, run) in methods {
         let (first, last, m) = run();
+        println!("{name}: loss {first:.3} -> {last:.3} over 10 steps");
         assert!(last < first, "{name}: loss {first} -> {last}");
         assert!(
             !m.base_model().is_training(),
