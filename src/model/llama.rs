@@ -20,7 +20,7 @@
 //! [`Llama::replace_linear`] swaps one. That is the seam quantization and PEFT use.
 //!
 //! Kernels: RMSNorm, RoPE and the attention core (scores → softmax → values) run through
-//! [`super::fused`]: candle's fused kernels for the forward (which have no backward), and, when
+//! `model::fused`: candle's fused kernels for the forward (which have no backward), and, when
 //! an input needs a gradient (training), a hand-written backward that keeps one tensor each
 //! instead of every intermediate — gradients reach every adapter at a fraction of candle's
 //! autograd memory, and training, evaluation and generation compute the same forward. Plain
