@@ -12,7 +12,7 @@
 //! | `model.generate(...)` | [`PeftMethod::generate`], [`PeftMethod::chat`] |
 //! | `model.train()` / `model.eval()` | [`PeftMethod::train`] / [`PeftMethod::eval`] |
 //! | `model.save_pretrained(dir)` | [`PeftMethod::save_pretrained`] |
-//! | `PeftModel.from_pretrained(base, dir)` | each type's `from_pretrained`, or [`super::from_pretrained`] for any |
+//! | `PeftModel.from_pretrained(base, dir)` | each type's `from_pretrained(base, dir)` |
 //!
 //! The [`Trainer`](crate::train::Trainer) trains any `PeftMethod` (every one is
 //! [`Trainable`](crate::train::Trainable)): it asks for the hidden states of a batch, the

@@ -1,7 +1,7 @@
 //! `get_peft_model`: wrap a model's targeted linear layers in LoRA and keep the trainable
 //! tensors in one `VarMap`: the adapters, and with `bias` / `modules_to_save` the biases and
 //! module copies peft would train (`bias.rs`, `modules_to_save.rs`). Merging and unloading
-//! the whole model: `unload.rs`; the [`PeftMethod`] interface: `lora_method.rs`.
+//! the whole model: `unload.rs`; the [`PeftMethod`](super::PeftMethod) interface: `lora_method.rs`.
 //!
 //! Adding an adapter is all-or-nothing: if any layer fails (a PiSSA base that is not dense, a
 //! bias that cannot train, ...), the model and every bookkeeping map are put back as they were

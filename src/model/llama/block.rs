@@ -17,7 +17,7 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     /// Applies the norm (candle's kernel when the gain has `x`'s dtype; with a hand-written
-    /// backward when `x` or the gain needs a gradient: [`crate::model::fused::rms_norm`]). A gain in
+    /// backward when `x` or the gain needs a gradient: `model::fused::rms_norm`). A gain in
     /// another dtype than `x` (f32 norms in a bf16 model, after
     /// `prepare_model_for_kbit_training`) multiplies in its dtype, as transformers'
     /// `weight * hidden.to(input_dtype)` promotes, and the result is cast back to `x`'s dtype,
