@@ -11,6 +11,7 @@ pub mod hub;
 pub mod linear;
 pub mod llama;
 pub mod load;
+pub mod moe;
 pub mod perplexity;
 pub mod pretrained;
 pub mod quantized;
