@@ -31,6 +31,9 @@ pub struct RouterConfig {
     /// Standard deviation of the normal initialisation of `W` (0.02, transformers'
     /// `initializer_range`); the bias starts at zero.
     pub init_std: f64,
+    /// Multiplicative jitter on the router's input while training: `h · U(1 − ε, 1 + ε)` per
+    /// element (Mixtral's `router_jitter_noise`; 0 = off).
+    pub jitter_noise: f64,
 }
 
 impl Default for RouterConfig {
@@ -41,6 +44,7 @@ impl Default for RouterConfig {
             norm_topk_prob: false,
             bias: true,
             init_std: 0.02,
+            jitter_noise: 0.0,
         }
     }
 }
@@ -64,6 +68,12 @@ impl RouterConfig {
             return Err(Error::config(
                 "init_std",
                 format!("must be a finite number ≥ 0, got {}", self.init_std),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.jitter_noise) {
+            return Err(Error::config(
+                "jitter_noise",
+                format!("must be in [0, 1), got {}", self.jitter_noise),
             ));
         }
         Ok(())
@@ -176,6 +186,21 @@ impl Router {
         v
     }
 
+    /// [`Router::route`] while training: the input jittered first (see
+    /// [`RouterConfig::jitter_noise`]), the noise drawn from `seed`.
+    pub fn route_training(&self, h: &Tensor, seed: u64) -> Result<Routing> {
+        let eps = self.config.jitter_noise;
+        if eps == 0.0 {
+            return self.route(h);
+        }
+        let mut rng = StdRng::seed_from_u64(seed);
+        let noise: Vec<f32> = (0..h.elem_count())
+            .map(|_| rng.random_range(1.0 - eps..1.0 + eps) as f32)
+            .collect();
+        let noise = Tensor::from_vec(noise, h.dims(), h.device())?;
+        self.route(&h.to_dtype(DType::F32)?.mul(&noise)?)
+    }
+
     /// Routes `h: (N, C)` (any float dtype; the router computes in f32).
     ///
     /// # Shapes
@@ -264,6 +289,28 @@ mod tests {
         for (e, &ge) in gb.iter().enumerate() {
             let kept = if e == 1 || e == 2 { 1.0 } else { 0.0 };
             assert!((ge - p[e] * (kept - l)).abs() < 1e-6, "expert {e}: {ge}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn jitter_is_bounded_seeded_and_off_by_default() -> Result<()> {
+        let h = Tensor::new(&[[0f32, 2., 1., -1.]], &Device::Cpu)?;
+        let plain = router(false);
+        let a = plain.route(&h)?.logits.to_vec2::<f32>()?;
+        assert_eq!(plain.route_training(&h, 1)?.logits.to_vec2::<f32>()?, a);
+        let cfg = RouterConfig {
+            num_experts: 4,
+            jitter_noise: 0.1,
+            ..Default::default()
+        };
+        let w = Tensor::eye(4, DType::F32, &Device::Cpu)?;
+        let j = Router::from_tensors(&cfg, &w, None)?;
+        let x = j.route_training(&h, 7)?.logits.to_vec2::<f32>()?;
+        assert_eq!(j.route_training(&h, 7)?.logits.to_vec2::<f32>()?, x);
+        assert_ne!(x, a);
+        for (xi, ai) in x[0].iter().zip(&a[0]) {
+            assert!((xi - ai).abs() <= 0.1 * ai.abs() + 1e-6, "{xi} vs {ai}");
         }
         Ok(())
     }
