@@ -8,6 +8,7 @@ pub(crate) mod fused;
 pub mod generate;
 pub mod gguf;
 pub mod hub;
+pub mod init;
 pub mod linear;
 pub mod llama;
 pub mod load;

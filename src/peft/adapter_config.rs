@@ -215,3 +215,31 @@ impl AdapterConfig {
         Value::Object(obj)
     }
 }
+
+/// `dir/adapter_config.json` as a JSON object whose `peft_type` is `peft_type`, with the
+/// file's path for later errors. Errors name the file: unreadable, not a JSON object, another
+/// `peft_type` (shown).
+pub(super) fn read_peft_config(
+    dir: &Path,
+    peft_type: &str,
+) -> Result<(std::path::PathBuf, Map<String, Value>)> {
+    let path = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let obj: Map<String, Value> = match serde_json::from_str(&text) {
+        Ok(Value::Object(o)) => o,
+        Ok(_) => return Err(Error::format(&path, "expected a JSON object")),
+        Err(e) => return Err(Error::format(&path, format!("not valid JSON: {e}"))),
+    };
+    let found = obj
+        .get("peft_type")
+        .filter(|v| !v.is_null())
+        .cloned()
+        .unwrap_or(Value::Null);
+    if found != json!(peft_type) {
+        return Err(Error::format(
+            &path,
+            format!("field `peft_type`: expected \"{peft_type}\", found {found}"),
+        ));
+    }
+    Ok((path, obj))
+}

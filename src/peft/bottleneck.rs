@@ -297,11 +297,7 @@ impl BottleneckModel {
 
     /// The `Var`s by AdapterHub's parameter paths, sorted.
     pub(super) fn named_vars(&self) -> Vec<(String, Var)> {
-        let data = self.varmap.data().lock().expect("varmap lock");
-        let mut named: Vec<(String, Var)> =
-            data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        named.sort_by(|a, b| a.0.cmp(&b.0));
-        named
+        super::method::named_vars(&self.varmap)
     }
 
     pub(super) fn base_device(&self) -> &Device {

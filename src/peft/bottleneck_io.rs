@@ -61,20 +61,7 @@ impl BottleneckModel {
     /// or tensor (a missing or misshapen tensor, one the config does not call for).
     pub fn from_pretrained(base: Llama, dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
-        let path = dir.join(ADAPTER_CONFIG);
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let obj: serde_json::Map<String, Value> = match serde_json::from_str(&text) {
-            Ok(Value::Object(o)) => o,
-            Ok(_) => return Err(Error::format(&path, "expected a JSON object")),
-            Err(e) => return Err(Error::format(&path, format!("not valid JSON: {e}"))),
-        };
-        let found = obj.get("peft_type").cloned().unwrap_or(Value::Null);
-        if found != json!(BOTTLENECK) {
-            return Err(Error::format(
-                &path,
-                format!("field `peft_type`: expected \"{BOTTLENECK}\", found {found}"),
-            ));
-        }
+        let (path, obj) = super::adapter_config::read_peft_config(dir, BOTTLENECK)?;
         let config: BottleneckConfig = serde_json::from_value(Value::Object(obj))
             .map_err(|e| Error::format(&path, format!("not a bottleneck config: {e}")))?;
         config

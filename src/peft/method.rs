@@ -154,6 +154,15 @@ pub trait PeftMethod {
     }
 }
 
+/// The `Var`s of `varmap` under their names, sorted by name (what
+/// [`PeftMethod::named_trainable_vars`] hands the trainer).
+pub(crate) fn named_vars(varmap: &candle_nn::VarMap) -> Vec<(String, Var)> {
+    let data = varmap.data().lock().expect("varmap lock");
+    let mut named: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    named
+}
+
 /// A [`PeftMethod`] seen by the generation loop.
 pub struct AsCausalLm<'a, M: ?Sized>(pub &'a M);
 

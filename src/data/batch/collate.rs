@@ -105,14 +105,7 @@ impl Batcher {
         }
         let max = config.max_length;
         for (i, ex) in examples.iter().enumerate() {
-            if ex.input_ids.len() != ex.labels.len() {
-                return Err(Error::Input(format!(
-                    "input_ids has {} tokens but labels has {}",
-                    ex.input_ids.len(),
-                    ex.labels.len()
-                ))
-                .at_example(i));
-            }
+            ex.check_aligned().map_err(|e| e.at_example(i))?;
             if ex.is_empty() || ex.len() > max {
                 return Err(Error::Input(format!(
                     "{} tokens; expected 1..={max} (max_length; truncate with \

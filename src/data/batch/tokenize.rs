@@ -28,6 +28,18 @@ pub struct TokenizedExample {
 }
 
 impl TokenizedExample {
+    /// `input_ids` and `labels` have one entry per token each.
+    pub(super) fn check_aligned(&self) -> Result<()> {
+        if self.input_ids.len() != self.labels.len() {
+            return Err(Error::Input(format!(
+                "input_ids has {} tokens but labels has {}",
+                self.input_ids.len(),
+                self.labels.len()
+            )));
+        }
+        Ok(())
+    }
+
     /// An example with a label on every token.
     pub fn full(input_ids: Vec<u32>) -> Self {
         let labels = input_ids.iter().map(|&t| t as i64).collect();
@@ -228,14 +240,7 @@ pub fn truncate_examples(examples: Vec<TokenizedExample>, max_length: usize) -> 
         return Err(Error::Input("the dataset is empty: no examples".into()));
     }
     for (i, ex) in examples.iter().enumerate() {
-        if ex.input_ids.len() != ex.labels.len() {
-            return Err(Error::Input(format!(
-                "input_ids has {} tokens but labels has {}",
-                ex.input_ids.len(),
-                ex.labels.len()
-            ))
-            .at_example(i));
-        }
+        ex.check_aligned().map_err(|e| e.at_example(i))?;
     }
     let shortest = examples.iter().map(|e| e.len()).min().unwrap_or(0);
     if shortest > max_length {

@@ -111,22 +111,14 @@ impl Router {
     ) -> Result<Self> {
         config.validate()?;
         let mut rng = StdRng::seed_from_u64(seed);
-        let n = config.num_experts * hidden_size;
-        let data: Vec<f32> = (0..n)
-            .map(|_| {
-                // Box–Muller, as the other seeded initialisers of the crate.
-                let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
-                let u2: f64 = rng.random();
-                ((-2.0 * u1.ln()).sqrt()
-                    * (2.0 * std::f64::consts::PI * u2).cos()
-                    * config.init_std) as f32
-            })
-            .collect();
-        let weight = Var::from_tensor(&Tensor::from_vec(
-            data,
-            (config.num_experts, hidden_size),
+        let w = crate::model::init::normal(
+            config.num_experts,
+            hidden_size,
+            config.init_std,
+            &mut rng,
             device,
-        )?)?;
+        )?;
+        let weight = Var::from_tensor(&w)?;
         let bias = if config.bias {
             Some(Var::zeros(config.num_experts, DType::F32, device)?)
         } else {

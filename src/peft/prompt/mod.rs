@@ -64,7 +64,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Map, Value};
 
-use super::method::PeftMethod;
+use super::method::{named_vars, PeftMethod};
 use super::model::TrainableParameters;
 use crate::fs::write_bytes_atomic;
 use crate::model::config::Config;
@@ -89,20 +89,14 @@ pub(super) fn check_virtual_tokens(n: usize) -> Result<()> {
     Ok(())
 }
 
-/// N(0, 1) as `[rows, cols]`, f32 (Box–Muller).
+/// N(0, 1) as `[rows, cols]`, f32: `nn.Embedding`'s default.
 pub(super) fn normal(
     rows: usize,
     cols: usize,
     rng: &mut StdRng,
     device: &Device,
 ) -> Result<Tensor> {
-    let data: Vec<f32> = (0..rows * cols)
-        .map(|_| {
-            let (u1, u2): (f64, f64) = (rng.random_range(1e-12..1.0), rng.random());
-            ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
-        })
-        .collect();
-    Ok(Tensor::from_vec(data, (rows, cols), device)?)
+    crate::model::init::normal(rows, cols, 1.0, rng, device)
 }
 
 /// U(−1/√fan_in, 1/√fan_in) of `shape`: torch's `nn.Linear` default for weight and bias.
@@ -170,14 +164,6 @@ pub(super) fn insert(varmap: &VarMap, name: &str, var: &Var) {
         .insert(name.to_string(), var.clone());
 }
 
-/// The `Var`s of `varmap` by name, sorted.
-pub(super) fn named_vars(varmap: &VarMap) -> Vec<(String, Var)> {
-    let data = varmap.data().lock().expect("varmap lock");
-    let mut named: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    named
-}
-
 pub(super) fn count(varmap: &VarMap) -> usize {
     varmap.all_vars().iter().map(|v| v.elem_count()).sum()
 }
@@ -209,21 +195,8 @@ pub(super) fn load_prompt_adapter(
     width: impl Fn(usize) -> usize,
     device: &Device,
 ) -> Result<(Map<String, Value>, usize, Tensor)> {
-    let path = dir.join(ADAPTER_CONFIG);
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let obj: Map<String, Value> = match serde_json::from_str(&text) {
-        Ok(Value::Object(o)) => o,
-        Ok(_) => return Err(Error::format(&path, "expected a JSON object")),
-        Err(e) => return Err(Error::format(&path, format!("not valid JSON: {e}"))),
-    };
+    let (path, obj) = super::adapter_config::read_peft_config(dir, peft_type)?;
     let field = |k: &str| obj.get(k).filter(|v| !v.is_null());
-    let found = field("peft_type").cloned().unwrap_or(Value::Null);
-    if found != json!(peft_type) {
-        return Err(Error::format(
-            &path,
-            format!("field `peft_type`: expected \"{peft_type}\", found {found}"),
-        ));
-    }
     let uint = |k: &str| -> Result<Option<usize>> {
         match field(k) {
             None => Ok(None),
